@@ -1,0 +1,56 @@
+# iir — make targets. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SPEC ?= iir.yaml
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help install run test lint migrate seed validate bench docs-serve system-deps clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@echo "==> installing iir and its test/agent dependencies into $(VENV) (first time: ~2 min)"
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,agent]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create the venv and install iir with dev and agent extras
+
+system-deps: ## Install Debian packages the tests need (redis-server) if missing
+	@command -v redis-server >/dev/null || { echo "==> installing redis-server"; \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server) >/dev/null; }
+
+run: install ## Serve the embedded default spec (iir.yaml) with the demo agent on 127.0.0.1:8000
+	$(BIN)/iir run-demo --spec $(SPEC)
+
+test: install system-deps ## Run the default test suite (well under 15 min on 2 cores)
+	$(BIN)/python -m pytest -q
+
+lint: install ## ruff + mypy + import-linter layering contract
+	$(BIN)/ruff check iir tests
+	$(BIN)/mypy iir
+	$(BIN)/lint-imports
+
+migrate: install ## Create or upgrade the SQLite registry ($$SQLITE_DB_PATH, default iir.db)
+	$(BIN)/iir db migrate
+
+seed: install ## Compile every spec in examples/ into the registry
+	$(BIN)/iir db seed examples/*.yaml
+
+validate: install ## Validate iir.yaml and every spec in examples/
+	$(BIN)/iir validate $(SPEC) examples/*.yaml
+
+bench: install ## Benchmark the proxy against a direct upstream (see docs/performance.md)
+	@echo "make bench: not built yet (performance issue)"; exit 2
+
+docs-serve: install ## Serve the documentation site on http://127.0.0.1:8001
+	@echo "make docs-serve: not built yet (deployment issue)"; exit 2
+
+clean: ## Remove the venv and build artefacts
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
