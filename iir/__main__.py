@@ -1,0 +1,5 @@
+import sys
+
+from iir.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+"""The ``iir`` command. Each command group lives in its own module under :mod:`iir.cmd`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from iir import __version__
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="iir")
+def cli() -> None:
+    """iir — the Intelligent Inference Router.
+
+    One OpenAI-compatible endpoint in front of local agents, vLLM, llm-d and cloud providers,
+    driven by one declarative spec (iir.yaml).
+    """
+
+
+def _register() -> None:
+    # One line per command module; each module exposes `commands: list[click.Command]`.
+    from iir.cmd import spec as spec_cmds
+
+    for module in (spec_cmds,):
+        for command in module.commands:
+            cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register()
+    try:
+        cli.main(args=argv, prog_name="iir", standalone_mode=True)
+    except SystemExit as e:
+        return int(e.code or 0) if isinstance(e.code, int) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
