@@ -10,10 +10,10 @@ from pathlib import Path
 from iir.compile.compiler import compile_spec
 from iir.errors import ConfigError, Diagnostic
 from iir.spec.check import check_spec
-from iir.spec.load import LoadedSpec, load_spec
+from iir.spec.load import LoadedSpec, load_spec, load_text
 from iir.table import RoutingTable
 
-__all__ = ["Built", "build_table"]
+__all__ = ["Built", "build_table", "build_text"]
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,20 @@ class Built:
     warnings: tuple[Diagnostic, ...]
 
 
-def build_table(path: str | Path, env: Mapping[str, str]) -> Built:
-    loaded = load_spec(path, env)
-    diags = check_spec(loaded, env)
-    errors = [d for d in diags if d.severity == "error"]
-    if errors:
+def _finish(loaded: LoadedSpec, env: Mapping[str, str], source: str) -> Built:
+    diags = sorted([*loaded.warnings, *check_spec(loaded, env)],
+                   key=lambda d: (d.file, d.line, d.col, d.path, d.message))
+    if any(d.severity == "error" for d in diags):
         raise ConfigError(diags)
-    warnings = tuple(d for d in diags if d.severity != "error")
-    return Built(compile_spec(loaded.spec, env, str(path)), loaded, warnings)
+    return Built(compile_spec(loaded.spec, env, source), loaded, tuple(diags))
+
+
+def build_table(path: str | Path, env: Mapping[str, str]) -> Built:
+    """Load, check and compile the spec file at ``path``. Warnings come back on :class:`Built`;
+    errors (with the warnings found alongside) raise :class:`ConfigError`."""
+    return _finish(load_spec(path, env), env, str(path))
+
+
+def build_text(text: str | bytes, name: str, env: Mapping[str, str]) -> Built:
+    """Like :func:`build_table` for spec text held in memory (``name`` labels the diagnostics)."""
+    return _finish(load_text(text, name, env), env, name)

@@ -120,7 +120,7 @@ def compile_spec(spec: m.Spec, env: Mapping[str, str], source: str = "iir.yaml")
     )
     keys = {}
     for k in spec.auth.keys:
-        digest = _sha(k.key.get_secret_value())
+        digest = _sha(_secret(k.key))
         if digest is not None:
             keys[digest] = t.ClientKey(k.name, tuple(k.models), None if "*" in k.models else t.compile_globs(tuple(k.models)), tuple(k.limits))
     auth = t.AuthTable(_sha(_secret(spec.auth.admin_token)), MappingProxyType(keys))

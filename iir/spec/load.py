@@ -2,7 +2,9 @@
 
 The only place YAML is read and the only place ``${VAR}`` / ``${VAR:-default}`` is expanded.
 Every problem becomes a :class:`~iir.errors.Diagnostic` with ``file:line:col`` and the dotted
-path; all are collected and raised together in one :class:`~iir.errors.ConfigError`.
+path; all are collected and raised together in one :class:`~iir.errors.ConfigError`, sorted by
+position. Findings that do not stop loading (a secret written literally in the file) are
+returned as warnings on :class:`LoadedSpec`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from iir.errors import ConfigError, Diagnostic
+from iir.spec.diagnose import dotted, pydantic_diagnostics
 from iir.spec.models import Spec
 
-__all__ = ["MAX_SPEC_BYTES", "LoadedSpec", "SourceMap", "load_spec", "load_text"]
+__all__ = ["MAX_SPEC_BYTES", "MAX_SPEC_NODES", "SECRET_KEYS", "LoadedSpec", "SourceMap", "dotted",
+           "load_spec", "load_text", "parse_yaml"]
 
 MAX_SPEC_BYTES = 5 * 1024 * 1024
+MAX_SPEC_NODES = 200_000  # guards against alias bombs ("billion laughs")
+SECRET_KEYS = frozenset({"api_key", "key", "admin_token", "token"})
+SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization"})
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DUP = re.compile(r'found duplicate key "(.*?)" with value')
 Path_ = tuple[str | int, ...]
 
 
@@ -54,13 +62,6 @@ class SourceMap:
         return Diagnostic(self.file, line, col, dotted(path), message, severity)
 
 
-def dotted(path: Path_) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 @dataclass(frozen=True)
 class LoadedSpec:
     spec: Spec
@@ -69,14 +70,22 @@ class LoadedSpec:
     warnings: tuple[Diagnostic, ...] = ()
 
 
+def _sort(diags: list[Diagnostic]) -> list[Diagnostic]:
+    return sorted(diags, key=lambda d: (d.file, d.line, d.col, d.path, d.message))
+
+
 def load_spec(path: str | Path, env: Mapping[str, str]) -> LoadedSpec:
     """Read and validate a spec file. Raises :class:`ConfigError` with every diagnostic."""
     name = str(path)
     try:
-        size = Path(path).stat().st_size
+        p = Path(path)
+        if p.is_dir():
+            raise ConfigError([Diagnostic(name, 1, 1, "", "is a directory, not a spec file")])
+        size = p.stat().st_size
         if size > MAX_SPEC_BYTES:
             raise ConfigError([Diagnostic(name, 1, 1, "", f"file is {size} bytes; a spec may be at most {MAX_SPEC_BYTES} bytes")])
-        data = Path(path).read_bytes()
+        with p.open("rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)  # never more, even from a device or a growing file
     except OSError as e:
         raise ConfigError([Diagnostic(name, 1, 1, "", f"cannot read spec: {e.strerror or e}")]) from None
     return load_text(data, name, env)
@@ -85,36 +94,59 @@ def load_spec(path: str | Path, env: Mapping[str, str]) -> LoadedSpec:
 def load_text(data: bytes | str, name: str, env: Mapping[str, str]) -> LoadedSpec:
     """Validate spec text (bytes are decoded as strict UTF-8)."""
     text = _decode(data, name) if isinstance(data, bytes) else data
-    tree = _parse(text, name)
+    if len(text) > MAX_SPEC_BYTES:
+        raise ConfigError([Diagnostic(name, 1, 1, "", f"the spec is larger than {MAX_SPEC_BYTES} bytes")])
+    if not text.strip():
+        raise ConfigError([Diagnostic(name, 1, 1, "", "the spec file is empty")])
+    tree = parse_yaml(text, name)
+    if tree is None:
+        raise ConfigError([Diagnostic(name, 1, 1, "", "the spec file has no content (only comments)")])
     smap = SourceMap(name)
     diags: list[Diagnostic] = []
-    plain = _walk(tree, (), smap, env, diags)
-    if diags:
-        raise ConfigError(diags)
+    warnings: list[Diagnostic] = []
+    walker = _Walker(smap, env, diags, warnings)
+    plain = walker.walk(tree, ())
     if not isinstance(plain, dict):
         raise ConfigError([smap.diag((), "the spec must be a mapping with `version`, `backends` and `routes`")])
     try:
         spec = Spec.model_validate(plain)
     except ValidationError as e:
-        raise ConfigError(_pydantic_diags(e, smap, plain)) from None
-    return LoadedSpec(spec, smap, text)
+        skip = {path for path in walker.unset}
+        diags.extend(pydantic_diagnostics(e, Spec, plain, smap.locate, name, skip))
+    if diags:
+        raise ConfigError(_sort(diags))
+    return LoadedSpec(spec, smap, text, tuple(_sort(warnings)))
 
 
 def _decode(data: bytes, name: str) -> str:
+    if len(data) > MAX_SPEC_BYTES:
+        raise ConfigError([Diagnostic(name, 1, 1, "", f"the spec is larger than {MAX_SPEC_BYTES} bytes")])
     if not data.strip():
         raise ConfigError([Diagnostic(name, 1, 1, "", "the spec file is empty")])
     if b"\x00" in data[:8192]:
         raise ConfigError([Diagnostic(name, 1, 1, "", "this is a binary file, not a YAML spec")])
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         before = data[: e.start]
         line = before.count(b"\n") + 1
         col = e.start - (before.rfind(b"\n") + 1) + 1
-        raise ConfigError([Diagnostic(name, line, col, "", f"the file is not valid UTF-8 (byte 0x{data[e.start]:02x})")]) from None
+        raise ConfigError([Diagnostic(name, line, col, "", f"the file is not valid UTF-8 (byte 0x{data[e.start]:02x}); save it as UTF-8")]) from None
 
 
-def _parse(text: str, name: str) -> Any:
+def _yaml_problem(e: MarkedYAMLError) -> str:
+    problem = (e.problem or e.context or "invalid YAML").strip()
+    if "\t" in problem or "'\\t'" in problem:
+        return "tab character; YAML is indented with spaces, not tabs"
+    if m := _DUP.search(problem):
+        return f"duplicate key {m.group(1)!r}: each key may appear only once in a mapping"
+    if "undefined alias" in problem:
+        return problem.replace("found undefined alias", "undefined alias")
+    return " ".join(problem.split())
+
+
+def parse_yaml(text: str, name: str) -> Any:
+    """Parse YAML text into a ruamel round-trip tree. Raises :class:`ConfigError` on syntax errors."""
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
@@ -122,102 +154,100 @@ def _parse(text: str, name: str) -> Any:
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = (e.problem or e.context or "invalid YAML").strip()
-        if "\t" in problem or "tab" in problem.lower():
-            problem = "tab characters cannot indent YAML; use spaces"
-        elif "duplicate key" in str(e).lower() or "found duplicate key" in problem:
-            problem = problem.replace("\n", " ")
-        raise ConfigError([Diagnostic(name, line, col, "", f"YAML syntax error: {problem}")]) from None
+        raise ConfigError([Diagnostic(name, line, col, "", f"YAML syntax error: {_yaml_problem(e)}")]) from None
     except YAMLError as e:
-        raise ConfigError([Diagnostic(name, 1, 1, "", f"YAML error: {str(e).splitlines()[0]}")]) from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError([Diagnostic(name, 1, 1, "", f"YAML error: {first}")]) from None
+    except RecursionError:
+        raise ConfigError([Diagnostic(name, 1, 1, "", "YAML error: the document is nested too deeply")]) from None
 
 
-def _walk(node: Any, path: Path_, smap: SourceMap, env: Mapping[str, str], diags: list[Diagnostic]) -> Any:
-    """ruamel tree → plain Python, filling the source map and expanding ${VAR}."""
-    if isinstance(node, CommentedMap):
-        out: dict[Any, Any] = {}
+class _Walker:
+    """ruamel tree → plain Python, filling the source map, expanding ${VAR}, spotting literal secrets."""
+
+    def __init__(self, smap: SourceMap, env: Mapping[str, str], diags: list[Diagnostic],
+                 warnings: list[Diagnostic]) -> None:
+        self.smap, self.env, self.diags, self.warnings = smap, env, diags, warnings
+        self.nodes = 0
+        self.unset: list[Path_] = []
+        self.too_deep = False
+
+    def walk(self, node: Any, path: Path_) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_SPEC_NODES:
+            if self.nodes == MAX_SPEC_NODES + 1:
+                self.diags.append(self.smap.diag(path, f"the spec has more than {MAX_SPEC_NODES} values (an alias loop?)"))
+            return None
+        if len(path) > 64:
+            if not self.too_deep:
+                self.too_deep = True
+                self.diags.append(self.smap.diag(path, "nested more than 64 levels deep"))
+            return None
+        if isinstance(node, CommentedMap):
+            return self._map(node, path)
+        if isinstance(node, CommentedSeq):
+            items = []
+            for i, item in enumerate(node):
+                self._mark(node.lc.item, i, (*path, i), keys=False)
+                items.append(self.walk(item, (*path, i)))
+            return items
+        if isinstance(node, str):
+            return self._scalar(str(node), path)
+        return node
+
+    def _mark(self, getter: Any, index: Any, path: Path_, *, keys: bool) -> None:
+        try:
+            line, col = getter(index)
+        except (KeyError, TypeError, IndexError):
+            return
+        (self.smap.keys if keys else self.smap.values)[path] = (line + 1, col + 1)
+
+    def _map(self, node: CommentedMap, path: Path_) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for k in node:
-            kpath = (*path, str(k))
-            try:
-                kl, kc = node.lc.key(k)
-                vl, vc = node.lc.value(k)
-                smap.keys[kpath] = (kl + 1, kc + 1)
-                smap.values[kpath] = (vl + 1, vc + 1)
-            except (KeyError, TypeError):
-                pass
-            out[str(k) if not isinstance(k, str) else k] = _walk(node[k], kpath, smap, env, diags)
+            key = k if isinstance(k, str) else str(k)
+            kpath = (*path, key)
+            self._mark(node.lc.key, k, kpath, keys=True)
+            self._mark(node.lc.value, k, kpath, keys=False)
+            value = node[k]
+            out[key] = self.walk(value, kpath)
+            if isinstance(value, str) and "${" not in value and value.strip() and self._secret_field(path, key):
+                self.warnings.append(self.smap.diag(
+                    kpath, "a secret is written literally in the file; write it as ${VAR} so it comes from the environment",
+                    severity="warning"))
         return out
-    if isinstance(node, CommentedSeq):
-        items = []
-        for i, item in enumerate(node):
-            ipath = (*path, i)
-            try:
-                line, col = node.lc.item(i)
-                smap.values[ipath] = (line + 1, col + 1)
-            except (KeyError, TypeError):
-                pass
-            items.append(_walk(item, ipath, smap, env, diags))
-        return items
-    if isinstance(node, str):
-        return _expand(str(node), path, smap, env, diags)
-    return node
 
+    @staticmethod
+    def _secret_field(path: Path_, key: str) -> bool:
+        if path and path[-1] == "headers":
+            return key.lower() in SECRET_HEADERS
+        if key == "key":
+            return len(path) >= 2 and path[-2] == "keys"  # auth.keys[i].key
+        return key in SECRET_KEYS
 
-def _expand(value: str, path: Path_, smap: SourceMap, env: Mapping[str, str], diags: list[Diagnostic]) -> str | None:
-    if "${" not in value:
-        return value
-    smap.from_env.add(path)
-    missing: list[str] = []
+    def _scalar(self, value: str, path: Path_) -> str | None:
+        if "${" not in value:
+            return value
+        self.smap.from_env.add(path)
+        missing: list[str] = []
 
-    def sub(m: re.Match[str]) -> str:
-        var, default = m.group(1), m.group(2)
-        if var in env and env[var] != "":
-            return env[var]
-        if default is not None:
-            return default
-        missing.append(var)
-        return ""
+        def sub(m: re.Match[str]) -> str:
+            var, default = m.group(1), m.group(2)
+            if self.env.get(var):
+                return self.env[var]
+            if default is not None:
+                return default
+            missing.append(var)
+            return ""
 
-    result = _VAR.sub(sub, value)
-    for var in missing:
-        diags.append(smap.diag(path, f"environment variable {var} is not set (write ${{{var}:-default}} to make it optional)"))
-    # A whole-value reference that expands to nothing means "unset" (e.g. an optional key).
-    if result == "" and _VAR.fullmatch(value.strip()):
-        return None
-    return result
-
-
-def _pydantic_diags(err: ValidationError, smap: SourceMap, data: dict[str, Any]) -> list[Diagnostic]:
-    diags = []
-    for e in err.errors(include_url=False):
-        loc = _data_path(e["loc"], data)
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            diags.append(smap.diag(loc, f"unknown field {loc[-1]!r}" if loc else msg, key=True))
-            continue
-        if e["type"] == "missing":
-            diags.append(smap.diag(loc[:-1], f"missing required field {loc[-1]!r}"))
-            continue
-        msg = msg.removeprefix("Value error, ")
-        diags.append(smap.diag(loc, msg))
-    diags.sort(key=lambda d: (d.line, d.col))
-    return diags
-
-
-def _data_path(loc: tuple[Any, ...], data: Any) -> Path_:
-    """Drop the parts of a pydantic location that are not in the data (union tags, etc.)."""
-    out: list[str | int] = []
-    node = data
-    for part in loc:
-        if isinstance(node, dict) and part in node:
-            out.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            out.append(part)
-            node = node[part]
-        elif isinstance(part, str) and not isinstance(node, dict | list):
-            continue
-        elif isinstance(node, dict) and isinstance(part, str) and part not in node and part == loc[-1]:
-            out.append(part)  # the missing or unknown key itself
-        # else: a tag (e.g. the discriminator value) or 'function-after': skip it
-    return tuple(out)
+        result = _VAR.sub(sub, value)
+        for var in missing:
+            self.unset.append(path)
+            self.diags.append(self.smap.diag(
+                path, f"environment variable {var} is not set (write ${{{var}:-default}} to make it optional)"))
+        if "${" in _VAR.sub("", value):
+            self.diags.append(self.smap.diag(path, "malformed ${...}: write ${NAME} or ${NAME:-default}"))
+        # A whole-value reference that expands to nothing means "unset" (e.g. an optional key).
+        if result == "" and _VAR.fullmatch(value.strip()):
+            return None
+        return result

@@ -78,7 +78,7 @@ class Server(_Model):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
+        _host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"listen must be HOST:PORT, got {v!r}")
         return v
@@ -100,7 +100,8 @@ class ClientKey(_Model):
     """A client API key allowed to call the router."""
 
     name: str = Field(..., pattern=NAME_RE, description="Name of the key, used in logs and metrics (the key itself never is).")
-    key: SecretStr = Field(..., description="The key value; give it as `${VAR}` so it comes from the environment.")
+    key: SecretStr | None = Field(
+        ..., description="The key value; give it as `${VAR}` so it comes from the environment. A key whose variable is empty (`${VAR:-}`) is disabled.")
     models: list[str] = Field(["*"], description="Models this key may request (globs such as `local/*`).")
     limits: list[str] = Field([], description="Names of rate-limit policies (under `policies.limits`) applied to this key.")
 
