@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@echo "==> installing iir and its test/agent dependencies into $(VENV) (first time: ~2 min)"
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,agent]'
+	$(BIN)/pip install -q -e '.[dev,agent,semantic]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create the venv and install iir with dev and agent extras

