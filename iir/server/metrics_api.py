@@ -1,0 +1,86 @@
+"""``GET /metrics`` in Prometheus text format, correct with one process or several workers.
+
+One process: the application's own registry. Several workers (``iir serve --workers N``): the
+parent enters :func:`multiprocess_dir` *before* any worker imports prometheus_client; every
+worker then writes its metric values to mmap files in that directory and whichever worker
+answers a scrape merges all of them, so totals cover every worker. The parent calls
+:func:`worker_exited` when a worker dies (its live gauges go away) and removes the directory on
+exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import multiprocess as prom_mp
+
+from iir.observability.metrics import METRICS_KEY, Metrics, multiprocess_dir
+
+__all__ = ["ENV_VAR", "metrics_handler", "multiprocess_dir_for_workers", "render", "setup", "worker_exited"]
+
+ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def render(metrics: Metrics) -> bytes:
+    """The exposition text: this process's registry, or every worker's values merged."""
+    path = multiprocess_dir()
+    if not metrics.multiprocess or path is None:
+        return generate_latest(metrics.registry)
+    registry = CollectorRegistry()
+    prom_mp.MultiProcessCollector(registry, path=path)
+    registry.register(metrics.spec_collector)  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS_KEY]
+    if metrics.multiprocess:
+        # Merging reads one file per worker and metric type: keep that off the event loop.
+        body = await asyncio.to_thread(render, metrics)
+    else:
+        body = render(metrics)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def setup(app: web.Application, metrics: Metrics | None = None, *, path: str = "/metrics") -> Metrics:
+    """Attach a :class:`Metrics` (a new one unless given) to ``app`` and serve it at ``path``."""
+    if metrics is None:
+        metrics = Metrics()
+    app[METRICS_KEY] = metrics
+    app.router.add_get(path, metrics_handler)
+    return metrics
+
+
+@contextmanager
+def multiprocess_dir_for_workers() -> Iterator[str]:
+    """For the parent of ``--workers N``: a fresh directory in ``PROMETHEUS_MULTIPROC_DIR`` for the
+    whole server run (inherited by the workers), removed with everything in it on exit.
+
+    Enter it before the workers start, and before this process imports prometheus_client if the
+    workers are forked rather than spawned.
+    """
+    previous = os.environ.get(ENV_VAR)
+    path = tempfile.mkdtemp(prefix="iir-metrics-")
+    os.environ[ENV_VAR] = path
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def worker_exited(pid: int) -> None:
+    """A worker process ended: drop its live gauges (in-flight, health, agents) from the merge."""
+    path = multiprocess_dir()
+    if path is not None:
+        prom_mp.mark_process_dead(pid, path)
