@@ -1,0 +1,467 @@
+"""OpenAI chat completions ⇄ Google Gemini ``generateContent`` translation (client speaks OpenAI).
+
+Wire format: https://ai.google.dev/api/generate-content, https://ai.google.dev/gemini-api/docs/function-calling,
+https://ai.google.dev/gemini-api/docs/troubleshooting (errors).
+
+Choices worth knowing:
+- ``system``/``developer`` messages become ``systemInstruction``; ``assistant`` is role ``model``;
+- a ``tool`` message becomes a ``functionResponse`` part named after the assistant's call with the
+  same id (Gemini matches by name); a JSON-object result is sent as is, anything else as
+  ``{"result": ...}``;
+- Gemini gives function calls no id: one is made up (``call_<hex>``) unless Gemini sent one;
+- content-filter stops (``SAFETY``, ``RECITATION``, ``PROHIBITED_CONTENT``, ... and a blocked
+  prompt) are ``finish_reason: content_filter`` with HTTP 200, as OpenAI does;
+- an invalid key (400 ``API_KEY_INVALID``) is reported like a 401: the router's credential, not the client's request.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from iir.apischema.gemini import BLOCKED_FINISH_REASONS
+from iir.backends.provider_errors import malformed, upstream_http_error
+from iir.backends.sse_reader import SSEDecoder
+from iir.errors import BadRequestError, UpstreamError
+
+__all__ = [
+    "GeminiStreamTranslator",
+    "error_from_gemini",
+    "finish_reason",
+    "from_gemini_response",
+    "to_gemini_request",
+]
+
+PROVIDER = "gemini"
+_SCHEMA_DROP = frozenset({"$schema", "additionalProperties", "strict", "$id", "$comment"})
+
+
+# --------------------------------------------------------------------------- request
+
+
+def _text_of(content: Any, param: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    raise BadRequestError(f"{param} must be a string or a list of parts", param=param)
+
+
+def _image_part(part: dict[str, Any], param: str) -> dict[str, Any]:
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str) or not url:
+        raise BadRequestError("image_url.url is required", param=param)
+    if url.startswith("data:"):
+        head, sep, data = url.partition(",")
+        mime = head[5:].split(";", 1)[0]
+        if not sep or ";base64" not in head or not mime:
+            raise BadRequestError("image data URLs must be data:<type>;base64,<data>", param=param)
+        return {"inlineData": {"mimeType": mime, "data": data}}
+    ext = url.rsplit(".", 1)[-1].lower().split("?", 1)[0]
+    mime = {"png": "image/png", "webp": "image/webp", "gif": "image/gif", "heic": "image/heic"}.get(ext, "image/jpeg")
+    return {"fileData": {"mimeType": mime, "fileUri": url}}
+
+
+def _user_parts(content: Any, param: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    if not isinstance(content, list):
+        raise BadRequestError(f"{param} must be a string or a list of parts", param=param)
+    parts: list[dict[str, Any]] = []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if part.get("text"):
+                parts.append({"text": str(part["text"])})
+        elif kind == "image_url":
+            parts.append(_image_part(part, f"{param}[{i}]"))
+        else:
+            raise BadRequestError(f"content part type {kind!r} is not supported by Gemini backends",
+                                  param=f"{param}[{i}]")
+    return parts
+
+
+def _model_parts(msg: dict[str, Any], param: str, names: dict[str, str]) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    text = _text_of(msg.get("content"), f"{param}.content")
+    if text:
+        parts.append({"text": text})
+    for j, call in enumerate(msg.get("tool_calls") or []):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not fn.get("name"):
+            raise BadRequestError("tool_calls need function.name", param=f"{param}.tool_calls[{j}]")
+        try:
+            args = orjson.loads(fn.get("arguments") or "{}")
+        except orjson.JSONDecodeError:
+            raise BadRequestError("tool call arguments must be JSON", param=f"{param}.tool_calls[{j}]") from None
+        if not isinstance(args, dict):
+            raise BadRequestError("tool call arguments must be a JSON object", param=f"{param}.tool_calls[{j}]")
+        if call.get("id"):
+            names[str(call["id"])] = str(fn["name"])
+        parts.append({"functionCall": {"name": str(fn["name"]), "args": args}})
+    return parts
+
+
+def _function_response(msg: dict[str, Any], param: str, names: dict[str, str]) -> dict[str, Any]:
+    call_id = str(msg.get("tool_call_id") or "")
+    name = names.get(call_id) or msg.get("name")
+    if not name:
+        raise BadRequestError("tool message answers no earlier assistant tool call", param=f"{param}.tool_call_id")
+    text = _text_of(msg.get("content"), f"{param}.content")
+    try:
+        result = orjson.loads(text) if text else None
+    except orjson.JSONDecodeError:
+        result = None
+    return {"functionResponse": {"name": str(name),
+                                 "response": result if isinstance(result, dict) else {"result": text}}}
+
+
+def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
+    if not parts:
+        return
+    if contents and contents[-1]["role"] == role:
+        contents[-1]["parts"].extend(parts)
+    else:
+        contents.append({"role": role, "parts": parts})
+
+
+def _schema(node: Any) -> Any:
+    """JSON schema without the keywords Gemini's OpenAPI subset rejects."""
+    if isinstance(node, dict):
+        return {k: _schema(v) for k, v in node.items() if k not in _SCHEMA_DROP}
+    if isinstance(node, list):
+        return [_schema(v) for v in node]
+    return node
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    if not isinstance(tools, list):
+        raise BadRequestError("tools must be a list", param="tools")
+    decls = []
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        if not isinstance(fn, dict) or not fn.get("name"):
+            raise BadRequestError("only function tools with a name are supported", param=f"tools[{i}]")
+        decl: dict[str, Any] = {"name": fn["name"]}
+        if fn.get("description"):
+            decl["description"] = fn["description"]
+        params = fn.get("parameters")
+        if params and (params.get("properties") or params.get("type") != "object"):
+            decl["parameters"] = _schema(params)
+        decls.append(decl)
+    return [{"functionDeclarations": decls}]
+
+
+def _tool_config(choice: Any) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    modes = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+    if isinstance(choice, str) and choice in modes:
+        return {"functionCallingConfig": {"mode": modes[choice]}}
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict) and choice["function"].get("name"):
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice["function"]["name"]]}}
+    raise BadRequestError("tool_choice must be auto, required, none or a named function", param="tool_choice")
+
+
+def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
+    cfg: dict[str, Any] = {}
+    for src, dst in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed"),
+                     ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty")):
+        if body.get(src) is not None:
+            cfg[dst] = body[src]
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if limit:
+        cfg["maxOutputTokens"] = limit
+    if (body.get("n") or 1) != 1:
+        cfg["candidateCount"] = body["n"]
+    stop = body.get("stop")
+    if stop:
+        cfg["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        cfg["responseMimeType"] = "application/json"
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        cfg["responseMimeType"] = "application/json"
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if schema:
+            cfg["responseJsonSchema"] = schema
+    return cfg
+
+
+def to_gemini_request(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An OpenAI chat completions body as a Gemini ``GenerateContentRequest`` (model goes in the URL)."""
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise BadRequestError("messages must be a non-empty list", param="messages")
+    system: list[str] = []
+    contents: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # tool_call_id -> function name
+    for i, msg in enumerate(msgs):
+        param = f"messages[{i}]"
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role in ("system", "developer"):
+            text = _text_of(msg.get("content"), f"{param}.content")
+            if text:
+                system.append(text)
+        elif role == "user":
+            _append(contents, "user", _user_parts(msg.get("content"), f"{param}.content"))
+        elif role == "assistant":
+            _append(contents, "model", _model_parts(msg, param, names))
+        elif role == "tool":
+            _append(contents, "user", [_function_response(msg, param, names)])
+        else:
+            raise BadRequestError(f"unsupported message role {role!r}", param=f"{param}.role")
+    if not contents:
+        raise BadRequestError("messages need at least one user or assistant message", param="messages")
+    out: dict[str, Any] = {"contents": contents}
+    if system:
+        out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+    cfg = _generation_config(body)
+    if cfg:
+        out["generationConfig"] = cfg
+    if body.get("tools"):
+        out["tools"] = _tools(body["tools"])
+        tool_config = _tool_config(body.get("tool_choice"))
+        if tool_config:
+            out["toolConfig"] = tool_config
+    return out
+
+
+# --------------------------------------------------------------------------- response
+
+
+def finish_reason(reason: str | None, has_calls: bool) -> str | None:
+    """OpenAI ``finish_reason`` for a Gemini ``finishReason`` (None: not finished yet)."""
+    if not reason:
+        return None
+    if reason in BLOCKED_FINISH_REASONS:
+        return "content_filter"
+    if reason == "MAX_TOKENS":
+        return "length"
+    return "tool_calls" if has_calls else "stop"
+
+
+def _usage(u: Any) -> dict[str, Any]:
+    if not isinstance(u, dict):
+        return {}
+    prompt = int(u.get("promptTokenCount") or 0)
+    thoughts = int(u.get("thoughtsTokenCount") or 0)
+    completion = int(u.get("candidatesTokenCount") or 0) + thoughts
+    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                           "total_tokens": int(u.get("totalTokenCount") or prompt + completion)}
+    if u.get("cachedContentTokenCount"):
+        out["prompt_tokens_details"] = {"cached_tokens": int(u["cachedContentTokenCount"])}
+    if thoughts:
+        out["completion_tokens_details"] = {"reasoning_tokens": thoughts}
+    return out
+
+
+def _json(data: bytes | str | Mapping[str, Any], what: str) -> dict[str, Any]:
+    if isinstance(data, Mapping):
+        return dict(data)
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise malformed(PROVIDER, f"{what} is not JSON ({e.msg})") from None
+    if not isinstance(doc, dict):
+        raise malformed(PROVIDER, f"{what} is not a JSON object")
+    return doc
+
+
+def _parts(candidate: Any, where: str) -> tuple[str, list[dict[str, Any]]]:
+    """Text and function calls of one candidate (thought parts are not part of the answer)."""
+    if not isinstance(candidate, dict):
+        raise malformed(PROVIDER, f"{where} is not an object")
+    content = candidate.get("content")
+    if content is None:
+        return "", []
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if parts is None:
+        return "", []
+    if not isinstance(parts, list):
+        raise malformed(PROVIDER, f"{where}.content.parts is not a list")
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict):
+            raise malformed(PROVIDER, f"{where}.content.parts[{j}] is not an object")
+        if isinstance(part.get("text"), str) and not part.get("thought"):
+            texts.append(part["text"])
+        elif "functionCall" in part:
+            fc = part["functionCall"]
+            if not isinstance(fc, dict) or not fc.get("name"):
+                raise malformed(PROVIDER, f"{where}.content.parts[{j}].functionCall without a name")
+            calls.append({"id": str(fc.get("id") or f"call_{uuid.uuid4().hex[:24]}"), "type": "function",
+                          "function": {"name": str(fc["name"]), "arguments": orjson.dumps(fc.get("args") or {}).decode()}})
+    return "".join(texts), calls
+
+
+def from_gemini_response(data: bytes | str | Mapping[str, Any], *, model: str = "",
+                         created: int | None = None) -> dict[str, Any]:
+    """A Gemini ``GenerateContentResponse`` as an OpenAI ``chat.completion`` (502 if malformed)."""
+    doc = _json(data, "the response")
+    candidates = doc.get("candidates")
+    choices: list[dict[str, Any]] = []
+    if candidates is None:
+        block = (doc.get("promptFeedback") or {}).get("blockReason") if isinstance(doc.get("promptFeedback"), dict) else None
+        if not block:
+            raise malformed(PROVIDER, "response without candidates or promptFeedback.blockReason")
+        choices.append({"index": 0, "message": {"role": "assistant", "content": None, "refusal": f"prompt blocked: {block}"},
+                        "logprobs": None, "finish_reason": "content_filter"})
+    elif not isinstance(candidates, list) or not candidates:
+        raise malformed(PROVIDER, "'candidates' is not a non-empty list")
+    else:
+        for i, cand in enumerate(candidates):
+            text, calls = _parts(cand, f"candidates[{i}]")
+            message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None,
+                                       "refusal": None}
+            if calls:
+                message["tool_calls"] = calls
+            choices.append({"index": int(cand.get("index", i)), "message": message, "logprobs": None,
+                            "finish_reason": finish_reason(cand.get("finishReason"), bool(calls)) or "stop"})
+    out: dict[str, Any] = {"id": str(doc.get("responseId") or f"chatcmpl-{uuid.uuid4().hex[:24]}"),
+                           "object": "chat.completion",
+                           "created": created if created is not None else int(time.time()),
+                           "model": str(doc.get("modelVersion") or model), "choices": choices}
+    usage = _usage(doc.get("usageMetadata"))
+    if usage:
+        out["usage"] = usage
+    return out
+
+
+def _retry_delay(err: Mapping[str, Any]) -> str | None:
+    for detail in err.get("details") or []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = str(detail.get("retryDelay") or "").rstrip("s")
+            try:
+                return str(max(1, round(float(delay))))
+            except ValueError:
+                return None
+    return None
+
+
+def _is_key_invalid(err: Mapping[str, Any]) -> bool:
+    return any(isinstance(d, dict) and d.get("reason") == "API_KEY_INVALID" for d in err.get("details") or [])
+
+
+def error_from_gemini(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> UpstreamError:
+    """The typed error for a Gemini error (``{"error": {"code", "message", "status", "details"}}``)."""
+    try:
+        doc = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        doc = None
+    err = doc.get("error") if isinstance(doc, dict) and isinstance(doc.get("error"), dict) else {}
+    message = str(err.get("message") or body[:200].decode("utf-8", errors="replace"))
+    hdrs = {k.lower(): v for k, v in (headers or {}).items()}
+    if "retry-after" not in hdrs and (delay := _retry_delay(err)):
+        hdrs["retry-after"] = delay
+    if status == 400 and _is_key_invalid(err):
+        status = 401
+    return upstream_http_error(PROVIDER, status, message, upstream_type=str(err.get("status") or "") or None,
+                               headers=hdrs)
+
+
+# --------------------------------------------------------------------------- stream
+
+
+def _sse(obj: Mapping[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+class GeminiStreamTranslator:
+    """``streamGenerateContent?alt=sse`` bytes in, OpenAI ``chat.completion.chunk`` SSE bytes out.
+
+    Gemini sends no end marker: ``close()`` (at the end of the body) emits the finish chunk,
+    the usage chunk (``include_usage``) and ``[DONE]``; it raises a 502 when no candidate
+    ever finished (a cut stream). An ``{"error": ...}`` event raises the mapped error.
+    """
+
+    def __init__(self, *, model: str = "", include_usage: bool = False, created: int | None = None) -> None:
+        self._decoder = SSEDecoder()
+        self._include_usage = include_usage
+        self._created = created if created is not None else int(time.time())
+        self._id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self._model = model
+        self._started: set[int] = set()
+        self._tools: dict[int, int] = {}  # candidate index -> tool calls so far
+        self._finish: dict[int, str] = {}
+        self._usage: dict[str, Any] = {}
+        self._blocked = False
+
+    @property
+    def started(self) -> bool:
+        return bool(self._started)
+
+    def feed(self, chunk: bytes) -> bytes:
+        try:
+            events = self._decoder.feed(chunk)
+        except ValueError as e:
+            raise malformed(PROVIDER, str(e)) from None
+        return b"".join(self._event(ev.data) for ev in events)
+
+    def close(self) -> bytes:
+        out = b"".join(self._event(ev.data) for ev in self._decoder.close())
+        if not self._finish:
+            raise malformed(PROVIDER, "the stream ended before any candidate finished")
+        if self._include_usage:
+            out += _sse({"id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                         "model": self._model, "choices": [], "usage": _usage(self._usage)})
+        return out + b"data: [DONE]\n\n"
+
+    def _chunk(self, index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _sse({"id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                     "model": self._model,
+                     "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+
+    def _event(self, data: str) -> bytes:
+        if not data.strip():
+            return b""
+        doc = _json(data, "stream event")
+        if isinstance(doc.get("error"), dict):
+            raise error_from_gemini(int(doc["error"].get("code") or 500), data.encode())
+        if doc.get("modelVersion"):
+            self._model = str(doc["modelVersion"])
+        if isinstance(doc.get("usageMetadata"), dict):
+            self._usage = doc["usageMetadata"]
+        candidates = doc.get("candidates")
+        if candidates is None:
+            feedback = doc.get("promptFeedback")
+            if isinstance(feedback, dict) and feedback.get("blockReason"):
+                return self._role(0) + self._finish_chunk(0, "content_filter")
+            return b""  # a usage-only chunk
+        if not isinstance(candidates, list):
+            raise malformed(PROVIDER, "'candidates' is not a list")
+        out = b""
+        for i, cand in enumerate(candidates):
+            index = int(cand.get("index", i)) if isinstance(cand, dict) else i
+            text, calls = _parts(cand, f"candidates[{i}]")
+            out += self._role(index)
+            if text:
+                out += self._chunk(index, {"content": text})
+            if calls:
+                base = self._tools.get(index, 0)
+                self._tools[index] = base + len(calls)
+                out += self._chunk(index, {"tool_calls": [dict(c, index=base + k) for k, c in enumerate(calls)]})
+            reason = finish_reason(cand.get("finishReason"), bool(self._tools.get(index)))
+            if reason:
+                out += self._finish_chunk(index, reason)
+        return out
+
+    def _role(self, index: int) -> bytes:
+        if index in self._started:
+            return b""
+        self._started.add(index)
+        return self._chunk(index, {"role": "assistant", "content": ""})
+
+    def _finish_chunk(self, index: int, reason: str) -> bytes:
+        if index in self._finish:
+            return b""
+        self._finish[index] = reason
+        return self._chunk(index, {}, reason)
