@@ -23,9 +23,10 @@ def cli() -> None:
 
 def _register() -> None:
     # One line per command module; each module exposes `commands: list[click.Command]`.
+    from iir.cmd import export as export_cmds
     from iir.cmd import spec as spec_cmds
 
-    for module in (spec_cmds,):
+    for module in (spec_cmds, export_cmds):
         for command in module.commands:
             cli.add_command(command)
 
