@@ -18,11 +18,12 @@ from aiohttp import web
 
 from iir.errors import IIRError
 from iir.observability.logging import emit
-from iir.observability.metrics import NONE, Metrics, RequestSample
+from iir.observability.metrics import METRICS_KEY, NONE, Metrics, RequestSample
 from iir.pipeline.context import Next, RequestContext, Stage
 
-__all__ = ["CLIENT_CLOSED", "observe_stage", "request_fields"]
+__all__ = ["CLIENT_CLOSED", "REQUEST_LOGGER", "make_stage", "observe_stage", "request_fields"]
 
+REQUEST_LOGGER = "iir.request"  # the logger of the per-request event
 CLIENT_CLOSED = 499  # the client went away before the answer was complete (nginx's convention)
 _MAX_MODEL_CHARS = 200
 
@@ -112,3 +113,9 @@ def observe_stage(metrics: Metrics, logger: logging.Logger) -> Stage:
             finish(ctx, status, error)
 
     return observe
+
+
+def make_stage(app: web.Application) -> Stage:
+    """Stage factory for :mod:`iir.pipeline.chain`: the app's :class:`Metrics` (installed by
+    :func:`iir.server.metrics_api.setup`) and the ``iir.request`` logger."""
+    return observe_stage(app[METRICS_KEY], logging.getLogger(REQUEST_LOGGER))
