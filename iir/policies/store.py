@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from iir.errors import IIRError
@@ -46,7 +46,7 @@ __all__ = [
 log = logging.getLogger("iir.policies.store")
 
 
-class StoreUnavailable(Exception):  # noqa: N818 - a condition, not a user-facing error
+class StoreUnavailable(Exception):
     """The store could not be reached; callers apply their fail mode."""
 
 
@@ -155,7 +155,7 @@ class MemoryStore(StateStore):
 
     kind = "memory"
 
-    def __init__(self, *, clock: callable = time.time, max_entries: int = 100_000) -> None:  # type: ignore[valid-type]
+    def __init__(self, *, clock: Callable[[], float] = time.time, max_entries: int = 100_000) -> None:
         self._clock = clock
         self._values: dict[str, tuple[bytes, float]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # key:bucket -> (count, expires)

@@ -1,0 +1,92 @@
+"""Rate-limit stages.
+
+* :func:`make_stage` (after auth): policies scoped per key, model or global — named by the
+  client key, plus unreferenced (default) policies. It also counts the prompt tokens once
+  (``ctx.prompt_tokens``) with the app's token counter if nobody did yet.
+* :func:`make_route_stage` (after route): the matched route's policies, and the key's policies
+  scoped ``per: route``.
+
+Both reserve the estimated prompt tokens and, after the response is done, settle them with the
+real usage (``ctx.usage``; a cache hit costs no tokens). Refusals raise
+:class:`~iir.errors.RateLimitedError` (429) with ``Retry-After`` and ``x-ratelimit-*``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from iir.errors import IIRError
+from iir.pipeline.context import Next, RequestContext, Stage
+from iir.policies.ratelimit import PRE_ROUTE_SCOPES, Reservation, limits_for
+from iir.policies.runtime import POLICIES, PolicyServices
+
+__all__ = ["make_route_stage", "make_stage", "scope_ids"]
+
+
+def scope_ids(ctx: RequestContext) -> dict[str, str]:
+    """The value of each limit scope for this request (``key`` falls back to the client IP)."""
+    ids = {"model": ctx.model}
+    ids["key"] = ctx.key.name if ctx.key else f"ip:{ctx.http.remote or 'unknown'}"
+    if ctx.route is not None:
+        ids["route"] = ctx.route.name
+    return ids
+
+
+def _used_tokens(ctx: RequestContext) -> int | None:
+    if ctx.cache == "hit":
+        return 0
+    if not ctx.usage:
+        return None if ctx.status in (0, 200) else 0  # failed before any upstream work: refund
+    return int(ctx.usage.get("prompt_tokens", 0)) + int(ctx.usage.get("completion_tokens", 0))
+
+
+async def _run(ctx: RequestContext, nxt: Next, services: PolicyServices, pre_route: bool) -> web.StreamResponse:
+    table = ctx.table
+    if not table.limits:
+        return await nxt(ctx)
+    key_limits = ctx.key.limits if ctx.key else ()
+    if pre_route:
+        limits = [lm for lm in limits_for(table, key_limits, ()) if lm.per in PRE_ROUTE_SCOPES]
+    else:
+        route_limits = ctx.route.limits if ctx.route else ()
+        limits = [lm for lm in limits_for(table, key_limits, route_limits)
+                  if lm.per == "route" or (lm.per in PRE_ROUTE_SCOPES and lm.name in route_limits
+                                           and lm.name not in key_limits)]
+    if not limits:
+        return await nxt(ctx)
+    if not ctx.prompt_tokens:
+        ctx.prompt_tokens = services.tokens.count_request(ctx.body, ctx.endpoint, ctx.model)
+    limiter = services.limiter(table)
+    reservation = await limiter.admit(limits, scope_ids(ctx), ctx.prompt_tokens)
+    ctx.ratelimit = "fail-open" if reservation.fail_open else "ok"
+    ctx.response_headers.update(reservation.headers)
+    prior = ctx.extras.get("ratelimit")
+    if isinstance(prior, Reservation):
+        prior.merge(reservation)
+    else:
+        ctx.extras["ratelimit"] = reservation
+    try:
+        resp = await nxt(ctx)
+    except IIRError:
+        await limiter.settle(reservation, _used_tokens(ctx) if ctx.usage else 0)
+        raise
+    await limiter.settle(reservation, _used_tokens(ctx))
+    return resp
+
+
+def make_stage(app: web.Application) -> Stage:
+    services = app[POLICIES]
+
+    async def ratelimit(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
+        return await _run(ctx, nxt, services, pre_route=True)
+
+    return ratelimit
+
+
+def make_route_stage(app: web.Application) -> Stage:
+    services = app[POLICIES]
+
+    async def route_ratelimit(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
+        return await _run(ctx, nxt, services, pre_route=False)
+
+    return route_ratelimit

@@ -1,0 +1,97 @@
+"""The per-app policy services (stores, limiter, cache, health, token counter, semantic matcher),
+stored on the aiohttp app under :data:`POLICIES` and opened/closed by :func:`open_policies`.
+
+Stores are opened lazily per ``(kind, redis_url)`` the first time a table asks for them, so a
+reload that switches ``state.store`` (or the cache's store) gets the new store without a
+restart, and a router with no Redis configured never imports the Redis client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from iir.policies.cache import ResponseCache
+from iir.policies.health import CircuitSettings, HealthBoard, MetricsScraper
+from iir.policies.ratelimit import RateLimiter
+from iir.policies.store import StateStore, open_store
+from iir.policies.tokens import TokenCounter
+from iir.table import Backend, RoutingTable
+
+__all__ = ["POLICIES", "PolicyServices", "open_policies"]
+
+
+@dataclass(slots=True)
+class PolicyServices:
+    """Everything the policy stages and the selector share within one router process."""
+
+    tokens: TokenCounter = field(default_factory=TokenCounter)
+    health: HealthBoard = field(default_factory=HealthBoard)
+    _stores: dict[tuple[str, str], StateStore] = field(default_factory=dict)
+    _limiters: dict[int, RateLimiter] = field(default_factory=dict)
+    _caches: dict[int, ResponseCache] = field(default_factory=dict)
+    semantic: object | None = None  # iir.plugins.semantic.SemanticMatcher, set by the server
+
+    def store(self, table: RoutingTable, kind: str | None = None) -> StateStore:
+        kind = kind or table.state.store
+        ident = (kind, (table.state.redis_url or "") if kind == "redis" else "")
+        st = self._stores.get(ident)
+        if st is None:
+            st = self._stores[ident] = open_store(table.state, store=kind)
+        return st
+
+    def limiter(self, table: RoutingTable) -> RateLimiter:
+        st = self.store(table)
+        lim = self._limiters.get(id(st))
+        if lim is None:
+            lim = self._limiters[id(st)] = RateLimiter(st)
+        return lim
+
+    def cache(self, table: RoutingTable) -> ResponseCache:
+        st = self.store(table, table.cache.store)
+        c = self._caches.get(id(st))
+        if c is None:
+            c = self._caches[id(st)] = ResponseCache(st)
+        return c
+
+    async def close(self) -> None:
+        stores, self._stores = list(self._stores.values()), {}
+        self._limiters.clear()
+        self._caches.clear()
+        for st in stores:
+            await st.close()
+
+
+POLICIES = web.AppKey("iir.policies", PolicyServices)
+
+
+def open_policies(get_table: Callable[[], RoutingTable] | None = None, *,
+                  circuit: CircuitSettings | None = None,
+                  scrape_interval: float = 2.0) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` that creates :class:`PolicyServices` at ``app[POLICIES]``; with
+    ``get_table`` it also scrapes vLLM/llm-d ``/metrics`` into the health board."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        services = PolicyServices(health=HealthBoard(circuit))
+        services.tokens.load()
+        app[POLICIES] = services
+        task: asyncio.Task[None] | None = None
+        if get_table is not None:
+            def backends() -> Mapping[str, Backend]:
+                return get_table().backends
+
+            task = asyncio.create_task(MetricsScraper(services.health, backends, interval=scrape_interval).run())
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await services.close()
+
+    return ctx
