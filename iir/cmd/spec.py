@@ -1,35 +1,229 @@
-"""Spec commands: validate (more added by the foundation work)."""
+"""Spec commands: ``iir validate``, ``iir compile``, ``iir schema``, ``iir explain``.
+
+They run the same config pipeline as ``iir serve`` (:func:`iir.compile.build.build_table`).
+Config problems are printed as one-line diagnostics and exit 1; no traceback reaches the user.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
+import orjson
 
-from iir.compile.build import build_table
-from iir.errors import ConfigError
+from iir.compile.build import Built, build_table
+from iir.compile.registry import Registry, RegistryError
+from iir.errors import ConfigError, Diagnostic
+from iir.plugins.matching import candidates, features_from_body, match_route
+from iir.spec.schema import spec_json_schema_text, spec_markdown
 
-__all__ = ["commands"]
+__all__ = ["DEFAULT_SPEC", "SPEC_ARG", "build_or_exit", "commands", "count_prompt_tokens", "echo_diagnostics"]
+
+DEFAULT_SPEC = "iir.yaml"
+SPEC_ARG = click.Path(dir_okay=True, path_type=str)
+
+
+def echo_diagnostics(diags: list[Diagnostic] | tuple[Diagnostic, ...]) -> None:
+    for d in diags:
+        click.echo(str(d), err=True)
+
+
+def build_or_exit(path: str) -> Built:
+    """Build or exit 1 with the diagnostics on stderr."""
+    try:
+        built = build_table(path, os.environ)
+    except ConfigError as e:
+        echo_diagnostics(e.diagnostics)
+        sys.exit(1)
+    echo_diagnostics(built.warnings)
+    return built
+
+
+def _annotation(d: Diagnostic) -> str:
+    level = "error" if d.severity == "error" else "warning"
+    msg = f"{d.path}: {d.message}" if d.path else d.message
+    msg = msg.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return f"::{level} file={d.file},line={d.line},col={d.col}::{msg}"
 
 
 @click.command()
-@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
-def validate(files: tuple[str, ...]) -> None:
-    """Validate spec FILES (default iir.yaml): exit 0 when clean, 1 on errors."""
+@click.argument("files", nargs=-1, type=SPEC_ARG)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
+              help="text: one `file:line:col path: message` per line on stderr; json: one report on stdout; "
+                   "github: GitHub Actions annotations on stdout.")
+def validate(files: tuple[str, ...], fmt: str) -> None:
+    """Check spec FILES (default iir.yaml) without serving: the same load, check and compile as
+    `iir serve`. Exit 0 when every file is valid (warnings allowed), 1 on any error."""
     failed = False
-    for f in files or ("iir.yaml",):
+    report: list[dict[str, Any]] = []
+    for f in files or (DEFAULT_SPEC,):
+        digest: str | None = None
         try:
             built = build_table(f, os.environ)
+            diags = list(built.warnings)
+            digest = built.table.digest
         except ConfigError as e:
             failed = True
-            for d in e.diagnostics:
-                click.echo(str(d), err=True)
-            continue
-        for w in built.warnings:
-            click.echo(str(w), err=True)
-        click.echo(f"{f}: ok ({built.table.digest[:12]})")
+            diags = list(e.diagnostics)
+        report.append({"file": f, "ok": digest is not None, "digest": digest,
+                       "diagnostics": [d.to_dict() for d in diags]})
+        if fmt == "text":
+            echo_diagnostics(diags)
+            if digest is not None:
+                click.echo(f"{f}: ok ({digest[:12]})")
+        elif fmt == "github":
+            for d in diags:
+                click.echo(_annotation(d))
+    if fmt == "json":
+        errors = sum(1 for r in report for d in r["diagnostics"] if d["severity"] == "error")
+        warnings = sum(1 for r in report for d in r["diagnostics"] if d["severity"] != "error")
+        click.echo(orjson.dumps({"ok": not failed, "errors": errors, "warnings": warnings, "files": report},
+                                option=orjson.OPT_INDENT_2).decode())
     sys.exit(1 if failed else 0)
 
 
-commands = [validate]
+@click.command("compile")
+@click.argument("file", required=False, default=DEFAULT_SPEC, type=SPEC_ARG)
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+              help="Registry file (default: $SQLITE_DB_PATH, else state.registry of the spec).")
+def compile_cmd(file: str, db_path: str | None) -> None:
+    """Validate and compile FILE (default iir.yaml) and store it as the active snapshot of the
+    SQLite registry, in one transaction. Prints what was compiled."""
+    built = build_or_exit(file)
+    table = built.table
+    path = db_path or table.state.registry
+    try:
+        with Registry(path) as reg:
+            snap = reg.persist(table, built.loaded.text, file)
+    except RegistryError as e:
+        click.echo(f"{path}: {e}", err=True)
+        sys.exit(1)
+    models = sum(len(b.models) for b in table.backends.values())
+    click.echo(f"{file}: {len(table.backends)} backends, {models} models, {len(table.routes)} routes")
+    click.echo(f"digest {table.digest}")
+    click.echo(f"registry {path}: snapshot {snap} active")
+
+
+@click.command()
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file (atomically) instead of stdout.")
+@click.option("--markdown", is_flag=True, help="The Markdown field reference (docs/reference/spec.md) instead of the JSON Schema.")
+@click.option("--check", is_flag=True, help="Do not write: exit 1 if --output differs from what would be generated.")
+def schema(output: str | None, markdown: bool, check: bool) -> None:
+    """Print the JSON Schema of iir.yaml (shipped as config/iir.schema.json, which editors use
+    through the yaml-language-server modeline), or with --markdown the field reference."""
+    text = spec_markdown() if markdown else spec_json_schema_text()
+    if output is None:
+        if check:
+            raise click.UsageError("--check needs --output FILE")
+        click.echo(text, nl=False)
+        return
+    target = Path(output)
+    if check:
+        current = target.read_text(encoding="utf-8") if target.is_file() else None
+        if current != text:
+            click.echo(f"{output} is out of date; run `iir schema{' --markdown' if markdown else ''} -o {output}`", err=True)
+            sys.exit(1)
+        click.echo(f"{output}: up to date")
+        return
+    from iir.spec.edit import write_atomically
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(target, text)
+    click.echo(f"wrote {output}")
+
+
+def count_prompt_tokens(body: dict[str, Any], model: str) -> int:
+    """Prompt tokens of a request body, counted the way the router counts them."""
+    from iir.policies.tokens import TokenCounter
+
+    return TokenCounter().count_request(body, "chat", model)
+
+
+def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str]:
+    headers = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint="--header")
+        headers[name.strip().lower()] = value
+    return headers
+
+
+def _request_body(model: str | None, prompt: str | None, request: str | None, tools: bool, images: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if request is not None:
+        try:
+            loaded = orjson.loads(Path(request).read_bytes())
+        except OSError as e:
+            raise click.BadParameter(f"cannot read {request}: {e.strerror or e}", param_hint="--request") from None
+        except orjson.JSONDecodeError as e:
+            raise click.BadParameter(f"{request} is not JSON: {e}", param_hint="--request") from None
+        if not isinstance(loaded, dict):
+            raise click.BadParameter(f"{request} must hold a JSON object (a chat request body)", param_hint="--request")
+        body = loaded
+    if prompt is not None:
+        body["messages"] = [{"role": "user", "content": prompt}]
+    if model is not None:
+        body["model"] = model
+    if not isinstance(body.get("model"), str):
+        raise click.UsageError("give --model (or a request body with a `model`)")
+    if tools and not body.get("tools"):
+        body["tools"] = [{"type": "function", "function": {"name": "example", "parameters": {"type": "object"}}}]
+    if images:
+        body.setdefault("messages", []).append(
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}]})
+    return body
+
+
+@click.command()
+@click.option("--model", "-m", help="Requested model (overrides the request body's).")
+@click.option("--prompt", "-p", help="The user message.")
+@click.option("--request", "-r", type=click.Path(dir_okay=False), help="A JSON chat request body to explain.")
+@click.option("--header", "-H", "headers", multiple=True, metavar="NAME=VALUE", help="A request header (repeatable).")
+@click.option("--key", "key_name", help="Name of the client key the request would use.")
+@click.option("--tools", is_flag=True, help="Pretend the request carries tools.")
+@click.option("--images", is_flag=True, help="Pretend the request carries an image.")
+@click.option("--spec", "spec_path", default=DEFAULT_SPEC, show_default=True, type=SPEC_ARG, help="Spec file.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def explain(model: str | None, prompt: str | None, request: str | None, headers: tuple[str, ...],
+            key_name: str | None, tools: bool, images: bool, spec_path: str, fmt: str) -> None:
+    """Show how the router would route a request, without sending anything: which rule
+    matched, why each earlier rule did not, and the candidate backends in fallback order with
+    why each is kept or dropped. Registered agents are not known offline."""
+    if prompt is not None and request is not None:
+        raise click.UsageError("give --prompt or --request, not both")
+    table = build_or_exit(spec_path).table
+    body = _request_body(model, prompt, request, tools, images)
+    features = features_from_body(body, headers=_parse_headers(headers), key_name=key_name)
+    features = dataclasses.replace(features, prompt_tokens=count_prompt_tokens(body, features.model))
+    route, trace = match_route(table, features, trace=True)
+    cands = candidates(table, route, features) if route else ()
+    if fmt == "json":
+        out = {"model": features.model, "prompt_tokens": features.prompt_tokens, "tools": features.has_tools,
+               "images": features.has_images, "route": route.name if route else None,
+               "routes": [dataclasses.asdict(v) for v in trace],
+               "candidates": [{"backend": c.name, "kept": c.kept, "reason": c.reason} for c in cands]}
+        click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(f"request: model={features.model!r} prompt_tokens={features.prompt_tokens} "
+                   f"tools={features.has_tools} images={features.has_images} key={key_name!r}")
+        click.echo("routes:")
+        for v in trace:
+            click.echo(f"  {'→' if v.matched else ' '} {v.index}. {v.route}: {'MATCH' if v.matched else 'skip'} ({v.reason})")
+        if route is None:
+            click.echo("no route matches: the router answers 404 model_not_found")
+        else:
+            click.echo(f"candidates for {route.name!r} (strategy {route.strategy}):")
+            for i, c in enumerate(cands, 1):
+                click.echo(f"  {i}. {c.name}: {'kept' if c.kept else 'dropped'} ({c.reason})")
+            if not any(c.kept for c in cands):
+                click.echo("no candidate left: the router answers 503 no_backend_available")
+    sys.exit(0)
+
+
+commands = [validate, compile_cmd, schema, explain]
