@@ -1,0 +1,62 @@
+"""``iir serve``: run the router."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from iir.compile.build import build_table
+from iir.errors import ConfigError
+
+__all__ = ["commands"]
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+
+
+@click.command()
+@click.option("--spec", "spec", default="iir.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="The spec file to serve (reloaded when it changes, on SIGHUP and POST /admin/reload).")
+@click.option("--host", default=None, help="Address to bind (default: server.listen of the spec).")
+@click.option("--port", default=None, type=int, help="Port to bind (default: server.listen of the spec).")
+@click.option("--workers", default=None, type=click.IntRange(1, 64),
+              help="Worker processes sharing the port via SO_REUSEPORT (default: server.workers).")
+@click.option("--worker", is_flag=True, hidden=True, help="Internal: run as one worker of a supervisor.")
+def serve(spec: str, host: str | None, port: int | None, workers: int | None, worker: bool) -> None:
+    """Serve the OpenAI-compatible router for SPEC."""
+    path = Path(spec)
+    try:
+        table = build_table(path, os.environ).table
+    except ConfigError as e:
+        for d in e.diagnostics:
+            click.echo(str(d), err=True)
+        sys.exit(1)
+    _configure_logging(table.server.log_level)
+    host = host if host is not None else table.server.host
+    port = port if port is not None else table.server.port
+    n = workers if workers is not None else table.server.workers
+    if n > 1 and not worker:
+        if port == 0:
+            raise click.UsageError("--workers > 1 needs a fixed --port (workers share it via SO_REUSEPORT)")
+        from iir.server.workers import supervise
+
+        sys.exit(supervise(path, host, port, n, table.server.drain_timeout))
+    from iir.server.run import serve_forever
+
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    sys.exit(runner(serve_forever(path, host=host, port=port, reuse_port=worker)))
+
+
+commands = [serve]

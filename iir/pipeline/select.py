@@ -1,0 +1,122 @@
+"""Select stage: the route's candidates, in fallback order (``ctx.candidates``).
+
+``select_candidates`` is deliberately one small function: filters, scorers and pickers
+(strategies) extend it. Dropped candidates stay in the list with ``kept=False`` and a reason,
+for ``iir explain``, logs and the 503 message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from iir.backends.base import Adapter
+from iir.errors import NoBackendError
+from iir.pipeline.context import Candidate, Next, RequestContext, Stage
+from iir.pipeline.services import SERVICES, LiveAgents
+from iir.plugins.selection import SelectionRequest, explain_header, select
+from iir.policies.runtime import POLICIES, PolicyServices
+from iir.policies.tokens import TokenCounter
+from iir.table import Backend
+
+__all__ = ["make_stage", "route_backends", "select_candidates", "selection_request"]
+
+AGENTS_TARGET = "agents"
+
+
+def route_backends(ctx: RequestContext, live_agents: LiveAgents) -> list[Backend]:
+    """The route's backends in order: named targets, ``agents`` expanded, or by-model."""
+    table, route = ctx.table, ctx.route
+    assert route is not None
+    out: dict[str, Backend] = {}
+    if route.by_model:
+        for name in table.model_index.get(ctx.model, ()):
+            out[name] = table.backends[name]
+        for agent in live_agents(table, ctx.model):
+            out.setdefault(agent.name, agent)
+        return list(out.values())
+    for target in route.targets:
+        if target == AGENTS_TARGET:
+            for agent in live_agents(table, None if route.match.any_model else ctx.model):
+                out.setdefault(agent.name, agent)
+        elif target in table.backends:
+            out.setdefault(target, table.backends[target])
+    return list(out.values())
+
+
+def _drop_reason(ctx: RequestContext, backend: Backend, adapters: Mapping[str, Adapter]) -> str:
+    if not backend.configured:
+        return f"unconfigured ({backend.unconfigured_reason})"
+    adapter = adapters.get(backend.protocol)
+    if adapter is None:
+        return f"no adapter for protocol {backend.protocol!r}"
+    if ctx.endpoint not in adapter.endpoints:
+        return f"does not serve /{ctx.endpoint}"
+    if "tools" not in backend.capabilities and (ctx.body.get("tools") or ctx.body.get("functions")):
+        return "no tools capability"
+    return ""
+
+
+def selection_request(ctx: RequestContext, tokens: TokenCounter | None = None) -> SelectionRequest:
+    """What the selection plugins look at: size, needs, key allow-list, affinity key."""
+    body = ctx.body
+    needs = set()
+    if body.get("tools") or body.get("functions"):
+        needs.add("tools")
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        needs.add("json")
+    prefix = []
+    for m in body.get("messages") or ():
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):
+            if any(isinstance(p, dict) and p.get("type") in ("image_url", "input_image", "image") for p in content):
+                needs.add("images")
+        elif isinstance(content, str) and len(prefix) < 2:
+            prefix.append(content[:256])
+    if not ctx.prompt_tokens and tokens is not None:
+        ctx.prompt_tokens = tokens.count_request(body, ctx.endpoint, ctx.model)
+    affinity = ""
+    if ctx.route is not None and ctx.route.strategy == "affinity":
+        affinity = ctx.http.headers.get(ctx.route.affinity_header, "") or "\x00".join(
+            prefix or [str(body.get("prompt", ""))[:256]])
+    key = ctx.key
+    return SelectionRequest(
+        model=ctx.model, prompt_tokens=ctx.prompt_tokens, max_tokens=TokenCounter.completion_budget(body),
+        needs=frozenset(needs), key_models=key.allows if key is not None and key.models_re is not None else None,
+        affinity_key=affinity)
+
+
+def select_candidates(ctx: RequestContext, live_agents: LiveAgents,
+                      adapters: Mapping[str, Adapter], policies: PolicyServices | None = None) -> list[Candidate]:
+    """Ordered candidates: the router's own checks, then the selection plugins (filters →
+    strategy scores → pick order). Dropped ones follow with ``kept=False`` and the reason."""
+    backends = route_backends(ctx, live_agents)
+    dropped = {b.name: r for b in backends if (r := _drop_reason(ctx, b, adapters))}
+    strategy = ctx.route.strategy if ctx.route is not None else "priority"
+    health = policies.health if policies is not None else None
+    chosen = select(backends, selection_request(ctx, policies.tokens if policies else None), strategy, health,
+                    dropped=dropped)
+    if ctx.route is not None:
+        ctx.response_headers["x-iir-route"] = explain_header(ctx.route.name, chosen)
+    return [Candidate(c.backend, kept=c.kept, reason=c.reason, score=c.score) for c in chosen.candidates]
+
+
+def no_backend(ctx: RequestContext) -> NoBackendError:
+    why = "; ".join(f"{c.backend.name}: {c.reason}" for c in ctx.candidates) or "the route has no backends"
+    route = ctx.route.name if ctx.route else "?"
+    return NoBackendError(f"no routable backend for model {ctx.model!r} on route {route!r} ({why})")
+
+
+def make_stage(app: web.Application) -> Stage:
+    services = app[SERVICES]
+    policies = app.get(POLICIES)
+
+    async def _select(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
+        ctx.candidates = select_candidates(ctx, services.live_agents, services.adapters, policies)
+        if not any(c.kept for c in ctx.candidates):
+            raise no_backend(ctx)
+        return await nxt(ctx)
+
+    return _select

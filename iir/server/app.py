@@ -1,0 +1,93 @@
+"""The aiohttp application factory: state under typed ``web.AppKey``s, resources in
+``cleanup_ctx`` (opened in order, closed in reverse), the pipeline built once at start-up."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from aiohttp import web
+
+from iir.errors import IIRError, ModelNotFoundError
+from iir.pipeline.chain import RESOURCES, STAGES, Resource, StageFactory, build_chain
+from iir.pipeline.services import SERVICES
+from iir.server.admin import add_admin_routes
+from iir.server.handlers import CHAIN, HeaderTooLargeError, error_response
+from iir.server.reload import watcher_ctx
+from iir.server.routes import add_routes
+from iir.server.state import TABLE_STATE, TableState
+from iir.table import Backend, RoutingTable
+
+__all__ = ["MAX_HEADER_FIELD", "create_app"]
+
+log = logging.getLogger("iir.server")
+
+#: Largest single header we accept (the listener is configured larger so that bigger ones
+#: still reach us and get a clean OpenAI-shaped 431 instead of a parser error).
+MAX_HEADER_FIELD = 16 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _MethodNotAllowed(IIRError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+@web.middleware
+async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Header limits and aiohttp's own HTTP errors (404 path, 405) in OpenAI's shape."""
+    for name, value in request.raw_headers:
+        if len(value) + len(name) > MAX_HEADER_FIELD:
+            return error_response(HeaderTooLargeError(
+                f"header {name[:64].decode('latin-1')!r} is {len(value)} bytes; at most {MAX_HEADER_FIELD} accepted"))
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return error_response(ModelNotFoundError(f"no such endpoint: {request.method} {request.path}",
+                                                 code="unknown_url"))
+    except web.HTTPMethodNotAllowed as e:
+        return error_response(_MethodNotAllowed(f"method {request.method} not allowed on {request.path}; "
+                                                f"use {', '.join(sorted(e.allowed_methods))}"))
+
+
+def _optional_agents_api(app: web.Application) -> Callable[[RoutingTable, str | None], tuple[Backend, ...]] | None:
+    """Wire the agent registry (iir.server.agents_api) when present; returns the live-agent lookup."""
+    try:
+        agents_api = importlib.import_module("iir.server.agents_api")
+    except ModuleNotFoundError as e:
+        if e.name != "iir.server.agents_api":
+            raise
+        return None
+    agents_api.setup(app, lambda: app[TABLE_STATE].table)
+    key = agents_api.AGENTS
+
+    def live_agents(table: RoutingTable, model: str | None) -> tuple[Backend, ...]:
+        return tuple(app[key].snapshot().candidates(model, table.agents.heartbeat_timeout))
+
+    return live_agents
+
+
+def create_app(state: TableState, *, stages: Sequence[StageFactory] = STAGES,
+               resources: Sequence[Resource] = RESOURCES, watch: bool = True) -> web.Application:
+    """The router app for one process. ``watch``: reload when the spec file changes."""
+    app = web.Application(middlewares=[boundary], client_max_size=1024 * 1024)
+    app[TABLE_STATE] = state
+    for resource in resources:
+        app.cleanup_ctx.append(resource)
+    live_agents = _optional_agents_api(app)
+
+    async def wire(app: web.Application) -> AsyncIterator[None]:
+        if live_agents is not None:
+            app[SERVICES].live_agents = live_agents
+        app[CHAIN] = build_chain(app, stages)
+        yield
+
+    app.cleanup_ctx.append(wire)
+    if watch:
+        app.cleanup_ctx.append(watcher_ctx)
+    add_routes(app)
+    add_admin_routes(app)
+    return app

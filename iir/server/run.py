@@ -1,0 +1,119 @@
+"""Run one router process: load the spec, listen, reload on SIGHUP, drain on SIGTERM/Ctrl-C.
+
+:func:`serve_forever` is what ``iir serve`` runs in each worker; tests start the same
+server with :func:`start` on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from iir.compile.build import build_table
+from iir.server.app import create_app
+from iir.server.reload import sighup_reload
+from iir.server.state import TableState
+from iir.table import RoutingTable
+
+__all__ = ["RunningServer", "announce", "serve_forever", "start"]
+
+log = logging.getLogger("iir.server")
+
+#: Listener limits: big enough that oversized headers reach the app's own check (clean 431).
+MAX_LINE = 128 * 1024
+
+
+class _QuietParserLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's protocol logger, minus tracebacks for malformed client requests."""
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kw: Any) -> None:
+        err = exc_info if isinstance(exc_info, BaseException) else None
+        self.warning("%s: %s", msg % args if args else msg, err or "bad request")
+
+
+@dataclass
+class RunningServer:
+    runner: web.AppRunner
+    state: TableState
+    port: int
+    tasks: set[asyncio.Task[object]] = field(default_factory=set)
+
+    async def stop(self) -> None:
+        """Stop listening, let in-flight requests finish (up to server.drain_timeout), close."""
+        await self.runner.cleanup()
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def announce(table: RoutingTable, host: str) -> None:
+    """Start-up report: unconfigured backends, open mode (loudly when not on loopback)."""
+    for b in table.backends.values():
+        if not b.configured:
+            log.warning("backend %r is unconfigured and will be skipped: %s", b.name, b.unconfigured_reason)
+    if table.auth.open:
+        if _is_loopback(host):
+            log.warning("no client keys configured: the router is OPEN to anyone who can reach %s", host)
+        else:
+            log.critical("!!! NO CLIENT KEYS CONFIGURED and listening on %s: the router is OPEN to the network. "
+                         "Add auth.keys to iir.yaml !!!", host)
+
+
+async def start(spec: str | Path, *, host: str | None = None, port: int | None = None, reuse_port: bool = False,
+                env: Mapping[str, str] | None = None, watch: bool = True) -> RunningServer:
+    """Load the spec (raises ConfigError), build the app and listen. Port 0 picks a free port."""
+    path = Path(spec)
+    built = await asyncio.to_thread(build_table, path, dict(env if env is not None else os.environ))
+    state = TableState(path=path, built=built)
+    if env is not None:
+        frozen_env = dict(env)
+        state.env = lambda: frozen_env
+    table = built.table
+    host = host if host is not None else table.server.host
+    port = port if port is not None else table.server.port
+    for w in built.warnings:
+        log.warning("%s", w)
+    announce(table, host)
+    app = create_app(state, watch=watch)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=table.server.drain_timeout, max_line_size=MAX_LINE,
+                           max_field_size=MAX_LINE, logger=_QuietParserLog(logging.getLogger("iir.http"), {}))
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+    await site.start()
+    bound = port
+    if runner.addresses:
+        bound = runner.addresses[0][1]
+    log.info("iir serving spec %s (%s) on http://%s:%d (pid %d)", path, table.digest[:12], host, bound, os.getpid())
+    return RunningServer(runner, state, bound)
+
+
+async def serve_forever(spec: str | Path, *, host: str | None, port: int | None, reuse_port: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT; reload on SIGHUP. Returns the exit status (0 after a drain)."""
+    running = await start(spec, host=host, port=port, reuse_port=reuse_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sighup_reload(running.state, running.tasks)
+    await stop.wait()
+    # the drain deadline is the one in force at start-up (aiohttp fixes it on the runner)
+    log.info("shutting down: draining in-flight requests (up to %.0fs)", running.state.table.server.drain_timeout)
+    await running.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,64 @@
+"""``--workers N``: a supervising parent runs N worker processes sharing one port.
+
+Each worker is ``iir serve --worker`` bound with SO_REUSEPORT (the kernel spreads
+connections), loads the spec and reloads it on its own (watcher, SIGHUP). The parent
+forwards SIGTERM/SIGINT/SIGHUP to every worker, waits for their drain, and exits 0 when all
+exited cleanly. A worker that dies unexpectedly is restarted (at most once per second).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["supervise"]
+
+log = logging.getLogger("iir.workers")
+
+
+def _spawn(spec: Path, host: str, port: int, index: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "iir", "serve", "--spec", str(spec), "--host", host, "--port", str(port),
+           "--worker"]
+    env = dict(os.environ, IIR_WORKER_INDEX=str(index))
+    return subprocess.Popen(cmd, env=env)
+
+
+def supervise(spec: Path, host: str, port: int, workers: int, drain_timeout: float) -> int:
+    """Run ``workers`` processes until SIGTERM/SIGINT; returns the exit status."""
+    procs = [_spawn(spec, host, port, i) for i in range(workers)]
+    log.info("iir supervisor pid %d: %d workers on %s:%d (pids %s)", os.getpid(), workers, host, port,
+             " ".join(str(p.pid) for p in procs))
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    last_restart = 0.0
+    while not stopping:
+        time.sleep(0.2)
+        for i, p in enumerate(procs):
+            if p.poll() is not None and not stopping and time.monotonic() - last_restart > 1.0:
+                log.error("worker %d (pid %d) exited with %s; restarting", i, p.pid, p.returncode)
+                procs[i] = _spawn(spec, host, port, i)
+                last_restart = time.monotonic()
+    deadline = time.monotonic() + drain_timeout + 5
+    status = 0
+    for p in procs:
+        try:
+            rc = p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+        status = status or (0 if rc in (0, -signal.SIGTERM, -signal.SIGINT) else 1)
+    return status
