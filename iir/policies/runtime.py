@@ -71,12 +71,17 @@ POLICIES = web.AppKey("iir.policies", PolicyServices)
 
 def open_policies(get_table: Callable[[], RoutingTable] | None = None, *,
                   circuit: CircuitSettings | None = None,
+                  semantic_factory: Callable[[], object] | None = None,
                   scrape_interval: float = 2.0) -> Callable[[web.Application], AsyncIterator[None]]:
     """A ``cleanup_ctx`` that creates :class:`PolicyServices` at ``app[POLICIES]``; with
-    ``get_table`` it also scrapes vLLM/llm-d ``/metrics`` into the health board."""
+    ``get_table`` it also scrapes vLLM/llm-d ``/metrics`` into the health board.
+    ``semantic_factory`` (e.g. ``iir.plugins.semantic.SemanticMatcher``, which this layer cannot
+    import) builds the semantic matcher; it loads its model lazily."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         services = PolicyServices(health=HealthBoard(circuit))
+        if semantic_factory is not None:
+            services.semantic = semantic_factory()
         services.tokens.load()
         app[POLICIES] = services
         task: asyncio.Task[None] | None = None
@@ -93,5 +98,8 @@ def open_policies(get_table: Callable[[], RoutingTable] | None = None, *,
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await services.close()
+            close = getattr(services.semantic, "close", None)
+            if close is not None:
+                close()
 
     return ctx
