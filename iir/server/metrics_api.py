@@ -11,21 +11,28 @@ exit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import multiprocess as prom_mp
 
+from iir.observability.logging import log_reload
 from iir.observability.metrics import METRICS_KEY, Metrics, multiprocess_dir
+
+if TYPE_CHECKING:  # the state module is only needed for annotations
+    from iir.server.state import ReloadReport, TableState
 
 __all__ = ["ENV_VAR", "metrics_handler", "multiprocess_dir_for_workers", "render", "setup", "worker_exited"]
 
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
+RELOAD_LOGGER = "iir.reload"
 
 
 def render(metrics: Metrics) -> bytes:
@@ -49,13 +56,35 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def setup(app: web.Application, metrics: Metrics | None = None, *, path: str = "/metrics") -> Metrics:
-    """Attach a :class:`Metrics` (a new one unless given) to ``app`` and serve it at ``path``."""
+def setup(app: web.Application, state: TableState | None = None, *, metrics: Metrics | None = None,
+          path: str = "/metrics") -> Metrics:
+    """Attach a :class:`Metrics` (a new one unless given) to ``app`` and serve it at ``path``.
+
+    With the process's :class:`TableState`, the loaded spec is reported at once and every
+    reload afterwards is counted, logged as one structured ``reload`` event, and updates
+    ``iir_spec_info`` (through ``state.on_report``)."""
     if metrics is None:
         metrics = Metrics()
     app[METRICS_KEY] = metrics
     app.router.add_get(path, metrics_handler)
+    if state is not None:
+        metrics.on_spec_loaded(state.table, at=state.loaded_at)
+        metrics.reload(True)
+        state.on_report.append(_reload_reporter(state, metrics))
     return metrics
+
+
+def _reload_reporter(state: TableState, metrics: Metrics) -> Callable[[ReloadReport], None]:
+    log = logging.getLogger(RELOAD_LOGGER)
+
+    def report(r: ReloadReport) -> None:
+        metrics.reload(r.ok)
+        if r.ok and r.changed:
+            metrics.on_spec_loaded(state.table, at=r.at)
+        log_reload(log, ok=r.ok, seconds=r.seconds, spec=str(state.path), digest=r.digest if r.ok else None,
+                   diagnostics=r.diagnostics, trigger=r.trigger)
+
+    return report
 
 
 @contextmanager
