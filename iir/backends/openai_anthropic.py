@@ -18,17 +18,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from iir.apischema.anthropic import API_VERSION_DEFAULT, API_VERSION_NO_SAMPLING
+from iir.backends.base import Adapter, ClientRequest, StreamTranslator, UpstreamRequest
 from iir.backends.provider_errors import malformed, upstream_http_error
 from iir.backends.sse_reader import SSEDecoder
 from iir.errors import BadRequestError, UpstreamError
+from iir.table import Backend
 
 __all__ = [
+    "ADAPTER",
     "DEFAULT_MAX_TOKENS",
     "STOP_REASONS",
+    "AnthropicAdapter",
     "AnthropicStreamTranslator",
     "error_from_anthropic",
     "from_anthropic_response",
@@ -289,7 +295,7 @@ def from_anthropic_response(data: bytes | str | Mapping[str, Any], *, model: str
     out: dict[str, Any] = {
         "id": str(doc.get("id") or "msg"), "object": "chat.completion",
         "created": created if created is not None else int(time.time()),
-        "model": str(doc.get("model") or model),
+        "model": model or str(doc.get("model") or ""),
         "choices": [{"index": 0, "message": message, "logprobs": None,
                      "finish_reason": STOP_REASONS.get(stop, "stop") if stop else ("tool_calls" if calls else "stop")}],
     }
@@ -340,23 +346,42 @@ class AnthropicStreamTranslator:
         self._tools: dict[int, int] = {}  # content block index -> OpenAI tool_calls index
         self._usage: dict[str, Any] = {}
         self._stop: str | None = None
+        self._pending = b""
 
     @property
     def started(self) -> bool:
-        """True once ``message_start`` was seen (some bytes may have gone to the client)."""
+        """True once ``message_start`` was seen."""
         return self._started
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def usage(self) -> dict[str, int]:
+        """OpenAI usage counts seen so far."""
+        return {k: v for k, v in _usage(self._usage).items() if isinstance(v, int)}
+
+    @property
+    def finish_reason(self) -> str | None:
+        return STOP_REASONS.get(self._stop, "stop") if self._stop else None
 
     def feed(self, chunk: bytes) -> bytes:
         try:
             events = self._decoder.feed(chunk)
         except ValueError as e:
             raise malformed(PROVIDER, str(e)) from None
-        return b"".join(self._event(ev.event, ev.data) for ev in events)
+        return self._flush(b"".join(self._event(ev.event, ev.data) for ev in events))
 
     def close(self) -> bytes:
         out = b"".join(self._event(ev.event, ev.data) for ev in self._decoder.close())
         if not self._done:
             raise malformed(PROVIDER, "the stream ended before message_stop")
+        return self._flush(out)
+
+    def _flush(self, out: bytes) -> bytes:
+        if out and self._pending:
+            out, self._pending = self._pending + out, b""
         return out
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -387,9 +412,12 @@ class AnthropicStreamTranslator:
             raise malformed(PROVIDER, "message_start without a message")
         self._started = True
         self._id = str(msg.get("id") or self._id)
-        self._model = str(msg.get("model") or self._model)
+        self._model = self._model or str(msg.get("model") or "")
         self._usage = dict(msg.get("usage") or {})
-        return self._chunk({"role": "assistant", "content": ""})
+        # held back until there is content: an error event right after message_start can
+        # then still fall back to the next candidate (nothing reached the client yet)
+        self._pending = self._chunk({"role": "assistant", "content": ""})
+        return b""
 
     def _on_content_block_start(self, doc: dict[str, Any]) -> bytes:
         index, block = doc.get("index"), doc.get("content_block")
@@ -451,3 +479,71 @@ class AnthropicStreamTranslator:
 
 _HANDLED = frozenset({"message_start", "content_block_start", "content_block_delta", "content_block_stop",
                       "message_delta", "message_stop"})
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+@dataclass(slots=True)
+class _Stream(StreamTranslator):
+    inner: AnthropicStreamTranslator = field(default_factory=AnthropicStreamTranslator)
+
+    def feed(self, block: bytes) -> list[bytes]:
+        out = self.inner.feed(block)
+        self._sync()
+        return [out] if out else []
+
+    def finish(self) -> list[bytes]:
+        out = self.inner.close()
+        self._sync()
+        return [out] if out else []
+
+    def _sync(self) -> None:
+        self.usage, self.finish_reason, self.done = self.inner.usage, self.inner.finish_reason, self.inner.done
+
+
+def messages_url(base_url: str) -> str:
+    """``{base}/v1/messages``; a base that already ends in ``/v1`` is accepted too."""
+    base = base_url.rstrip("/")
+    return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+
+
+class AnthropicAdapter(Adapter):
+    """``kind: anthropic`` backends: ``POST {base}/v1/messages`` with ``x-api-key``.
+
+    ``anthropic-version`` defaults to :data:`API_VERSION_DEFAULT`; a backend's ``headers`` may
+    set another (with 2026-10-21 or later, temperature/top_p are not sent).
+    """
+
+    protocol = "anthropic"
+    endpoints = frozenset({"chat"})
+
+    def build(self, req: ClientRequest, backend: Backend) -> UpstreamRequest:
+        if req.endpoint != "chat":
+            raise self.unsupported(req, backend)
+        headers = {"content-type": "application/json", "anthropic-version": API_VERSION_DEFAULT}
+        headers.update((k.lower(), v) for k, v in backend.headers)
+        if req.stream:
+            headers["accept"] = "text/event-stream"
+        if backend.api_key:
+            headers["x-api-key"] = backend.api_key
+        sampling = headers["anthropic-version"] < API_VERSION_NO_SAMPLING
+        body = to_anthropic_request(req.body, backend.upstream_model(req.model), sampling=sampling)
+        body["stream"] = req.stream
+        return UpstreamRequest("POST", messages_url(backend.base_url), headers, orjson.dumps(body), req.stream)
+
+    def translate_response(self, req: ClientRequest, backend: Backend, body: bytes) -> tuple[bytes, dict[str, int]]:
+        out = from_anthropic_response(body, model=req.model)
+        usage = {k: v for k, v in out.get("usage", {}).items() if isinstance(v, int)}
+        return orjson.dumps(out), usage
+
+    def stream_translator(self, req: ClientRequest, backend: Backend) -> StreamTranslator:
+        options = req.body.get("stream_options")
+        include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
+        return _Stream(inner=AnthropicStreamTranslator(model=req.model, include_usage=include_usage))
+
+    def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        return error_from_anthropic(status, body, headers)
+
+
+ADAPTER = AnthropicAdapter()

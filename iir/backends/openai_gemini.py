@@ -19,16 +19,22 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
 from iir.apischema.gemini import BLOCKED_FINISH_REASONS
+from iir.backends.base import Adapter, ClientRequest, StreamTranslator, UpstreamRequest
 from iir.backends.provider_errors import malformed, upstream_http_error
 from iir.backends.sse_reader import SSEDecoder
 from iir.errors import BadRequestError, UpstreamError
+from iir.table import Backend
 
 __all__ = [
+    "ADAPTER",
+    "GeminiAdapter",
     "GeminiStreamTranslator",
     "error_from_gemini",
     "finish_reason",
@@ -329,7 +335,7 @@ def from_gemini_response(data: bytes | str | Mapping[str, Any], *, model: str = 
     out: dict[str, Any] = {"id": str(doc.get("responseId") or f"chatcmpl-{uuid.uuid4().hex[:24]}"),
                            "object": "chat.completion",
                            "created": created if created is not None else int(time.time()),
-                           "model": str(doc.get("modelVersion") or model), "choices": choices}
+                           "model": model or str(doc.get("modelVersion") or ""), "choices": choices}
     usage = _usage(doc.get("usageMetadata"))
     if usage:
         out["usage"] = usage
@@ -399,6 +405,18 @@ class GeminiStreamTranslator:
     def started(self) -> bool:
         return bool(self._started)
 
+    @property
+    def done(self) -> bool:
+        return bool(self._finish)
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {k: v for k, v in _usage(self._usage).items() if isinstance(v, int)}
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._finish.get(0) or next(iter(self._finish.values()), None)
+
     def feed(self, chunk: bytes) -> bytes:
         try:
             events = self._decoder.feed(chunk)
@@ -426,7 +444,7 @@ class GeminiStreamTranslator:
         doc = _json(data, "stream event")
         if isinstance(doc.get("error"), dict):
             raise error_from_gemini(int(doc["error"].get("code") or 500), data.encode())
-        if doc.get("modelVersion"):
+        if not self._model and doc.get("modelVersion"):
             self._model = str(doc["modelVersion"])
         if isinstance(doc.get("usageMetadata"), dict):
             self._usage = doc["usageMetadata"]
@@ -465,3 +483,67 @@ class GeminiStreamTranslator:
             return b""
         self._finish[index] = reason
         return self._chunk(index, {}, reason)
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+@dataclass(slots=True)
+class _Stream(StreamTranslator):
+    inner: GeminiStreamTranslator = field(default_factory=GeminiStreamTranslator)
+
+    def feed(self, block: bytes) -> list[bytes]:
+        out = self.inner.feed(block)
+        self._sync()
+        return [out] if out else []
+
+    def finish(self) -> list[bytes]:
+        out = self.inner.close()
+        self._sync()
+        return [out] if out else []
+
+    def _sync(self) -> None:
+        self.usage, self.finish_reason, self.done = self.inner.usage, self.inner.finish_reason, self.inner.done
+
+
+def method_url(base_url: str, model: str, stream: bool) -> str:
+    """``{base}/models/{model}:generateContent`` or ``:streamGenerateContent?alt=sse``."""
+    name = quote(model.removeprefix("models/"), safe="-._~")
+    method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+    return f"{base_url.rstrip('/')}/models/{name}:{method}"
+
+
+class GeminiAdapter(Adapter):
+    """``kind: google`` backends: the Gemini API with an ``x-goog-api-key`` header."""
+
+    protocol = "gemini"
+    endpoints = frozenset({"chat"})
+
+    def build(self, req: ClientRequest, backend: Backend) -> UpstreamRequest:
+        if req.endpoint != "chat":
+            raise self.unsupported(req, backend)
+        headers = {"content-type": "application/json"}
+        headers.update((k.lower(), v) for k, v in backend.headers)
+        if req.stream:
+            headers["accept"] = "text/event-stream"
+        if backend.api_key:
+            headers["x-goog-api-key"] = backend.api_key
+        body = orjson.dumps(to_gemini_request(req.body))
+        url = method_url(backend.base_url, backend.upstream_model(req.model), req.stream)
+        return UpstreamRequest("POST", url, headers, body, req.stream)
+
+    def translate_response(self, req: ClientRequest, backend: Backend, body: bytes) -> tuple[bytes, dict[str, int]]:
+        out = from_gemini_response(body, model=req.model)
+        usage = {k: v for k, v in out.get("usage", {}).items() if isinstance(v, int)}
+        return orjson.dumps(out), usage
+
+    def stream_translator(self, req: ClientRequest, backend: Backend) -> StreamTranslator:
+        options = req.body.get("stream_options")
+        include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
+        return _Stream(inner=GeminiStreamTranslator(model=req.model, include_usage=include_usage))
+
+    def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        return error_from_gemini(status, body, headers)
+
+
+ADAPTER = GeminiAdapter()

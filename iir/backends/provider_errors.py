@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from iir.backends.base import parse_retry_after
 from iir.errors import UpstreamError
 
 __all__ = ["malformed", "upstream_http_error"]
@@ -28,6 +29,7 @@ def upstream_http_error(provider: str, status: int, message: str, *, upstream_ty
     err = UpstreamError(f"{provider}: {message}" if message else f"{provider} answered HTTP {status}",
                         upstream_status=status, retryable=retryable, code=code,
                         headers={"retry-after": retry_after} if retry_after and status in (429, 529, 503) else None)
+    err.retry_after = parse_retry_after(retry_after)  # type: ignore[attr-defined]  # read by the relay
     if status in _CLIENT_FAULT:
         err.status, err.type = status, _CLIENT_FAULT[status]
     elif status == 429:

@@ -1,0 +1,52 @@
+"""``POST /v1/messages``: the Anthropic Messages API in front of the same routing pipeline.
+
+The body is translated to an OpenAI chat request (:func:`iir.backends.anthropic_openai.to_openai_request`)
+and run through exactly the pipeline of ``/v1/chat/completions`` (auth, limits, routing,
+cache, fallback, any backend kind) via :func:`iir.server.handlers.run_pipeline` with the
+endpoint tag ``messages``. An :class:`~iir.backends.anthropic_openai.AnthropicEgress` re-encodes
+every byte sent back: Anthropic messages, Anthropic stream events, Anthropic error bodies.
+Clients authenticate with ``x-api-key`` or ``Authorization: Bearer`` (both SDK generations).
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from iir.backends.anthropic_openai import AnthropicEgress, to_openai_request
+from iir.errors import BadRequestError, IIRError, UnsupportedMediaTypeError
+from iir.pipeline.parse import read_body
+from iir.server.handlers import error_response, request_id, run_pipeline
+from iir.server.state import TABLE_STATE
+
+__all__ = ["handle_messages", "setup"]
+
+
+async def _anthropic_body(request: web.Request) -> dict[str, object]:
+    if "content-type" in request.headers and not request.content_type.endswith("json"):
+        raise UnsupportedMediaTypeError(f"content type {request.content_type!r} is not supported; send application/json")
+    raw = await read_body(request, request.app[TABLE_STATE].table.server.max_body)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadRequestError(f"request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequestError("request body must be a JSON object", code="invalid_json")
+    return body
+
+
+async def handle_messages(request: web.Request) -> web.StreamResponse:
+    """An Anthropic Messages request, routed like a chat completion, answered in Anthropic's format."""
+    egress = AnthropicEgress(model="")
+    try:
+        body = await _anthropic_body(request)
+        egress.model = str(body.get("model") or "")
+        chat = to_openai_request(body)
+    except IIRError as e:  # rejected before the pipeline: answer here, in Anthropic's shape
+        return error_response(e, {"x-request-id": request_id(request)}, egress)
+    return await run_pipeline(request, endpoint="messages", body=chat, egress=egress)
+
+
+def setup(app: web.Application) -> None:
+    """Add ``POST /v1/messages`` to the router app."""
+    app.router.add_post("/v1/messages", handle_messages)
