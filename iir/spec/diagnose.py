@@ -198,17 +198,16 @@ def pydantic_diagnostics(err: ValidationError, root: type[BaseModel], data: Any,
             merged[(path, is_key)].append(msg)
     out = []
     for (path, is_key), msgs in merged.items():
-        msg = msgs[0] if len(msgs) == 1 else _join(msgs)
         line, col = locate(path, key=is_key)
-        out.append(Diagnostic(file, line, col, dotted(path), msg))
+        if len(msgs) > 1 and all(m.startswith("expected ") for m in msgs):
+            msgs = [_join(msgs)]
+        out.extend(Diagnostic(file, line, col, dotted(path), msg) for msg in msgs)
     return out
 
 
 def _join(msgs: list[str]) -> str:
     """``expected a list (got 5)`` + ``expected 'by-model' (got 5)`` → ``expected a list or 'by-model' (got 5)``."""
-    if all(m.startswith("expected ") for m in msgs):
-        tails = {m.rsplit(" (got ", 1)[1] for m in msgs if " (got " in m}
-        heads = [m.removeprefix("expected ").rsplit(" (got ", 1)[0] for m in msgs]
-        got = f" (got {tails.pop()}" if len(tails) == 1 else ""
-        return "expected " + " or ".join(heads) + got
-    return "; ".join(msgs)
+    tails = {m.rsplit(" (got ", 1)[1] for m in msgs if " (got " in m}
+    heads = [m.removeprefix("expected ").rsplit(" (got ", 1)[0] for m in msgs]
+    got = f" (got {tails.pop()}" if len(tails) == 1 else ""
+    return "expected " + " or ".join(heads) + got
