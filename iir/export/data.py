@@ -51,6 +51,8 @@ HELM_MANAGED = frozenset({"SQLITE_DB_PATH"})
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_NAME = re.compile(r"(^EXTERNAL_.*|.*_(KEY|TOKEN|SECRET|PASSWORD|PASS|CREDENTIALS))$")
+# The value of a secret field (`key:`, `api_key:`, `token:`, `admin_token:`) right before the ref.
+_SECRET_FIELD = re.compile(r"""\b(?:api_key|admin_token|token|key|password)\s*:\s*["']?$""")
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
@@ -71,7 +73,9 @@ def is_secret_name(name: str) -> bool:
 def env_refs(text: str) -> tuple[EnvRef, ...]:
     """Every distinct variable the spec text references, in order of first use.
 
-    Whole-line comments are ignored; the first default written for a name wins.
+    Whole-line comments are ignored; the first default written for a name wins. A variable is
+    secret when its name says so (``EXTERNAL_*``, ``*_KEY``, ``*_TOKEN``...) or when it is the
+    value of a secret field (``key:``, ``api_key:``, ``token:``, ``admin_token:``).
     """
     seen: dict[str, EnvRef] = {}
     for line in text.splitlines():
@@ -79,8 +83,11 @@ def env_refs(text: str) -> tuple[EnvRef, ...]:
             continue
         for m in _VAR.finditer(line):
             name = m.group(1)
+            secret = is_secret_name(name) or bool(_SECRET_FIELD.search(line[: m.start()]))
             if name not in seen:
-                seen[name] = EnvRef(name, m.group(2), is_secret_name(name))
+                seen[name] = EnvRef(name, m.group(2), secret)
+            elif secret and not seen[name].secret:
+                seen[name] = EnvRef(name, seen[name].default, True)
     return tuple(seen.values())
 
 

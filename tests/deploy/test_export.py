@@ -81,10 +81,11 @@ def test_helm_values_carry_the_spec_verbatim(spec: Path) -> None:
 
 
 def test_env_refs_reads_names_defaults_and_skips_comments() -> None:
-    text = "# ${IGNORED}\na: ${A}\nb: \"${B:-x} ${EXTERNAL_FOO_KEY}\"\nc: ${A:-other}\n"
+    text = ("# ${IGNORED}\na: ${A}\nb: \"${B:-x} ${EXTERNAL_FOO_KEY}\"\nc: ${A:-other}\n"
+            "keys:\n  - {name: ci, key: \"${IIR_KEY_CI:-}\"}\n")
     refs = env_refs(text)
     assert [(r.name, r.default, r.secret) for r in refs] == [
-        ("A", None, False), ("B", "x", False), ("EXTERNAL_FOO_KEY", None, True)]
+        ("A", None, False), ("B", "x", False), ("EXTERNAL_FOO_KEY", None, True), ("IIR_KEY_CI", "", True)]
 
 
 def test_dynamic_inventory_protocol(write_spec) -> None:
