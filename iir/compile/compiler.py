@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from iir import table as t
-from iir.backends.presets import PRESETS
+from iir.spec.presets import PRESETS
 from iir.spec import models as m
 from iir.spec.units import parse_duration
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from iir.backends.presets import PRESETS
+from iir.spec.presets import PRESETS
 from iir.compile.build import Built
 from iir.errors import ConfigError
 from iir.table import Backend

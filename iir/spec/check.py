@@ -24,7 +24,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 
-from iir.backends.presets import PRESETS
+from iir.spec.presets import PRESETS
 from iir.errors import Diagnostic
 from iir.spec import models as m
 from iir.spec.diagnose import did_you_mean

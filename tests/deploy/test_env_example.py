@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from iir.backends.presets import PRESETS
+from iir.spec.presets import PRESETS
 
 from .conftest import ROOT
 
