@@ -24,11 +24,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 
-from iir.spec.presets import PRESETS
 from iir.errors import Diagnostic
 from iir.spec import models as m
 from iir.spec.diagnose import did_you_mean
 from iir.spec.load import LoadedSpec, SourceMap
+from iir.spec.presets import PRESETS
 
 __all__ = ["SPECIAL_TARGETS", "VIRTUAL_MODELS", "check_spec"]
 

@@ -104,7 +104,7 @@ def load_text(data: bytes | str, name: str, env: Mapping[str, str]) -> LoadedSpe
     smap = SourceMap(name)
     diags: list[Diagnostic] = []
     warnings: list[Diagnostic] = []
-    walker = _Walker(smap, env, diags, warnings)
+    walker = _Walker(smap, env, diags, warnings, text)
     plain = walker.walk(tree, ())
     if not isinstance(plain, dict):
         raise ConfigError([smap.diag((), "the spec must be a mapping with `version`, `backends` and `routes`")])
@@ -166,8 +166,9 @@ class _Walker:
     """ruamel tree → plain Python, filling the source map, expanding ${VAR}, spotting literal secrets."""
 
     def __init__(self, smap: SourceMap, env: Mapping[str, str], diags: list[Diagnostic],
-                 warnings: list[Diagnostic]) -> None:
+                 warnings: list[Diagnostic], text: str = "") -> None:
         self.smap, self.env, self.diags, self.warnings = smap, env, diags, warnings
+        self.lines = text.splitlines()
         self.nodes = 0
         self.unset: list[Path_] = []
         self.too_deep = False
@@ -217,6 +218,17 @@ class _Walker:
                     severity="warning"))
         return out
 
+    def _column_of(self, path: Path_, needle: str, offset: int) -> tuple[int, int]:
+        """Position of ``needle`` (at ``offset`` in the value) in the source, else the value's."""
+        line, col = self.smap.locate(path)
+        if 0 < line <= len(self.lines):
+            src = self.lines[line - 1]
+            for shift in (0, 1):  # plain, or after an opening quote
+                start = col - 1 + shift + offset
+                if src[start:start + len(needle)] == needle:
+                    return line, start + 1
+        return line, col
+
     @staticmethod
     def _secret_field(path: Path_, key: str) -> bool:
         if path and path[-1] == "headers":
@@ -229,7 +241,7 @@ class _Walker:
         if "${" not in value:
             return value
         self.smap.from_env.add(path)
-        missing: list[str] = []
+        missing: list[tuple[str, int]] = []
 
         def sub(m: re.Match[str]) -> str:
             var, default = m.group(1), m.group(2)
@@ -237,14 +249,15 @@ class _Walker:
                 return self.env[var]
             if default is not None:
                 return default
-            missing.append(var)
+            missing.append((var, m.start()))
             return ""
 
         result = _VAR.sub(sub, value)
-        for var in missing:
+        for var, offset in missing:
             self.unset.append(path)
-            self.diags.append(self.smap.diag(
-                path, f"environment variable {var} is not set (write ${{{var}:-default}} to make it optional)"))
+            line, col = self._column_of(path, f"${{{var}", offset)
+            self.diags.append(Diagnostic(self.smap.file, line, col, dotted(path),
+                                         f"environment variable {var} is not set (write ${{{var}:-default}} to make it optional)"))
         if "${" in _VAR.sub("", value):
             self.diags.append(self.smap.diag(path, "malformed ${...}: write ${NAME} or ${NAME:-default}"))
         # A whole-value reference that expands to nothing means "unset" (e.g. an optional key).

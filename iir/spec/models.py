@@ -8,7 +8,7 @@ Secrets are ``SecretStr`` so they never show in reprs, logs or dumps.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -52,6 +52,16 @@ class _Model(BaseModel):
 
 def _listify(value: object) -> object:
     return [value] if isinstance(value, str) else value
+
+
+def _one_or_many(schema: dict[str, Any]) -> None:
+    """JSON Schema of a field that accepts one string or a list of them (see ``_listify``)."""
+    if schema.get("type") == "array":
+        items = schema.pop("items")
+        del schema["type"]
+        schema["anyOf"] = [items, {"type": "array", "items": items}]
+    elif "anyOf" in schema:
+        schema["anyOf"].insert(0, {"type": "string"})
 
 
 class LogSettings(_Model):
@@ -102,8 +112,10 @@ class ClientKey(_Model):
     name: str = Field(..., pattern=NAME_RE, description="Name of the key, used in logs and metrics (the key itself never is).")
     key: SecretStr | None = Field(
         ..., description="The key value; give it as `${VAR}` so it comes from the environment. A key whose variable is empty (`${VAR:-}`) is disabled.")
-    models: list[str] = Field(["*"], description="Models this key may request (globs such as `local/*`).")
-    limits: list[str] = Field([], description="Names of rate-limit policies (under `policies.limits`) applied to this key.")
+    models: list[str] = Field(["*"], description="Models this key may request (globs such as `local/*`).",
+                              json_schema_extra=_one_or_many)
+    limits: list[str] = Field([], description="Names of rate-limit policies (under `policies.limits`) applied to this key.",
+                              json_schema_extra=_one_or_many)
 
     _split = field_validator("models", "limits", mode="before")(lambda cls, v: _listify(v))
 
@@ -202,14 +214,16 @@ class SemanticRule(_Model):
 class Match(_Model):
     """Conditions on a request; all given ones must hold."""
 
-    model: list[str] = Field([], description="Requested model names or globs (`*`, `local/*`, `auto`). Empty: any model.")
+    model: list[str] = Field([], description="Requested model names or globs (`*`, `local/*`, `auto`). Empty: any model.",
+                             json_schema_extra=_one_or_many)
     prompt_tokens: TokenRange | None = Field(None, description="Prompt size range, counted by the router's token counter.")
     tools: bool | None = Field(None, description="`true`: only requests with tools; `false`: only without.")
     images: bool | None = Field(None, description="`true`: only requests with image inputs; `false`: only without.")
     headers: dict[str, str] = Field({}, description="Request headers that must be present, value as a glob.")
-    keys: list[str] = Field([], description="Names of client keys this rule applies to.")
+    keys: list[str] = Field([], description="Names of client keys this rule applies to.", json_schema_extra=_one_or_many)
     regex: str | None = Field(None, description="Regular expression searched in the last user message.")
-    keywords: list[str] = Field([], description="Any of these words in the last user message (case-insensitive).")
+    keywords: list[str] = Field([], description="Any of these words in the last user message (case-insensitive).",
+                                json_schema_extra=_one_or_many)
     semantic: SemanticRule | None = Field(None, description="Similarity to example prompts.")
 
     _split = field_validator("model", "keys", "keywords", mode="before")(lambda cls, v: _listify(v))
@@ -238,12 +252,14 @@ class Route(_Model):
     name: str = Field(..., pattern=NAME_RE, description="Rule name, shown in `x-iir-route`, logs and metrics.")
     match: Match = Field(default_factory=Match, description="Conditions; an empty match catches everything.")
     to: list[str] | Literal["by-model"] = Field(
-        ..., description="Ordered fallback list of backend names (`agents` = registered agents), or `by-model`: the backends declaring the requested model.")
+        ..., description="Ordered fallback list of backend names (`agents` = registered agents), or `by-model`: the backends declaring the requested model.",
+        json_schema_extra=_one_or_many)
     strategy: Literal["priority", "weighted", "least-loaded", "lowest-latency", "cheapest", "affinity"] = Field(
         "priority", description="How candidates are ordered: `priority` keeps the list order.")
     affinity_header: str = Field("x-session-id", description="With `affinity`: the header naming the session.")
     cache: bool | CacheOverride | None = Field(None, description="Cache this route (`true`/`false` or settings); unset follows `policies.cache`.")
-    limits: list[str] = Field([], description="Rate-limit policies applied to requests on this route.")
+    limits: list[str] = Field([], description="Rate-limit policies applied to requests on this route.",
+                              json_schema_extra=_one_or_many)
 
     _split = field_validator("limits", mode="before")(lambda cls, v: _listify(v))
 
