@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from providers_kit import assemble_openai, load_bytes, load_json
 
 from iir.backends.openai_anthropic import (
     DEFAULT_MAX_TOKENS,
@@ -16,6 +15,8 @@ from iir.backends.openai_anthropic import (
     to_anthropic_request,
 )
 from iir.errors import BadRequestError, UpstreamError
+
+from .providers_kit import assemble_openai, load_bytes, load_json
 
 U = {"role": "user", "content": "Hi"}
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather now",

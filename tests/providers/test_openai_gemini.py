@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from providers_kit import assemble_openai, load_bytes, load_json
 
 from iir.backends.openai_gemini import (
     GeminiStreamTranslator,
@@ -15,6 +14,8 @@ from iir.backends.openai_gemini import (
     to_gemini_request,
 )
 from iir.errors import BadRequestError, UpstreamError
+
+from .providers_kit import assemble_openai, load_bytes, load_json
 
 U = {"role": "user", "content": "Hi"}
 TOOL = {"type": "function", "function": {"name": "get_current_temperature", "description": "Temperature now",
