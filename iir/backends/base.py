@@ -73,12 +73,16 @@ class StreamTranslator(ABC):
     (possibly empty). :meth:`finish` is called once when the upstream ends cleanly and returns
     the closing bytes (``data: [DONE]\\n\\n`` for translated protocols; nothing for
     pass-through, whose upstream sent its own). ``usage`` collects token counts when seen.
-    ``error`` is set when the upstream signalled an error inside the stream.
+    When the upstream signals an error inside the stream, set ``error`` and return the chunks
+    translated before it: the relay writes them, then ends the stream with an SSE error event
+    (or answers with the error if nothing reached the client yet). Raising
+    :class:`UpstreamError` from ``feed`` also works, but drops that block's earlier chunks.
     """
 
     usage: dict[str, int] = field(default_factory=dict)
     finish_reason: str | None = None
     done: bool = False  # the upstream's end marker was seen
+    error: UpstreamError | None = None  # an error the upstream sent inside the stream
 
     @abstractmethod
     def feed(self, block: bytes) -> list[bytes]: ...

@@ -90,14 +90,15 @@ class AgentStream(StreamTranslator):
                 raise UpstreamError("agent sent an unreadable stream event") from None
             if not isinstance(data, dict):
                 raise UpstreamError("agent sent a stream event that is not an object")
+            if "error" in data:
+                err = data["error"]
+                msg = err.get("message") if isinstance(err, dict) else str(err)
+                self.error = UpstreamError(f"agent error: {msg}")
+                break
             out.extend(self._event(data))
         return out
 
     def _event(self, data: dict[str, Any]) -> list[bytes]:
-        if "error" in data:
-            err = data["error"]
-            msg = err.get("message") if isinstance(err, dict) else str(err)
-            raise UpstreamError(f"agent error: {msg}")
         out: list[bytes] = []
         text = data.get("text")
         if isinstance(text, str) and text:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
@@ -12,13 +11,11 @@ import click
 
 from iir.compile.build import build_table
 from iir.errors import ConfigError
+from iir.observability.logging import collect_secrets, configure_logging
 
 __all__ = ["commands"]
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
 
 
 @click.command()
@@ -38,16 +35,21 @@ def serve(spec: str, host: str | None, port: int | None, workers: int | None, wo
         for d in e.diagnostics:
             click.echo(str(d), err=True)
         sys.exit(1)
-    _configure_logging(table.server.log_level)
+    index = os.environ.get("IIR_WORKER_INDEX")
+    configure_logging(table.server, worker=int(index) if worker and index and index.isdigit() else None,
+                      secrets=collect_secrets(table, os.environ))
     host = host if host is not None else table.server.host
     port = port if port is not None else table.server.port
     n = workers if workers is not None else table.server.workers
     if n > 1 and not worker:
         if port == 0:
             raise click.UsageError("--workers > 1 needs a fixed --port (workers share it via SO_REUSEPORT)")
+        from iir.server import metrics_api
         from iir.server.workers import supervise
 
-        sys.exit(supervise(path, host, port, n, table.server.drain_timeout))
+        with metrics_api.multiprocess_dir_for_workers():
+            status = supervise(path, host, port, n, table.server.drain_timeout, on_exit=metrics_api.worker_exited)
+        sys.exit(status)
     from iir.server.run import serve_forever
 
     try:

@@ -13,16 +13,16 @@ finishes writing a stream before it returns, so an outer stage sees the whole re
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
-from iir.errors import IIRError, NoBackendError
-from iir.pipeline import auth, parse, relay, route, select
+from iir.errors import NoBackendError
+from iir.pipeline import auth, cache, observe, parse, ratelimit, relay, route, select
 from iir.pipeline.context import Next, RequestContext, Stage
-from iir.pipeline.services import open_services
+from iir.pipeline.services import CURRENT_TABLE, open_services
+from iir.plugins.semantic import SemanticMatcher
+from iir.policies.runtime import open_policies
 
 __all__ = ["RESOURCES", "STAGES", "build_chain", "compose"]
 
@@ -30,41 +30,26 @@ StageFactory = Callable[[web.Application], Stage]
 Resource = Callable[[web.Application], AsyncIterator[None]]
 
 
-def _plain_log_stage(app: web.Application) -> Stage:
-    """One plain log line per request (stand-in until the observe stage plugs in first)."""
-    log = logging.getLogger("iir.request")
-
-    async def plain_log(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
-        try:
-            resp = await nxt(ctx)
-        except IIRError as e:
-            ctx.status, ctx.error = e.status, e.code or ""
-            raise
-        finally:
-            if log.isEnabledFor(logging.INFO):
-                log.info("%s %s model=%s route=%s backend=%s status=%s attempts=%s error=%s ms=%.1f",
-                         ctx.request_id, ctx.endpoint, ctx.model or "-", ctx.route.name if ctx.route else "-",
-                         ctx.backend or "-", ctx.status, ",".join(
-                             f"{a.backend}:{a.status or a.error}" for a in ctx.attempts) or "-",
-                         ctx.error or "-", (time.perf_counter() - ctx.started) * 1000)
-        return resp
-
-    return plain_log
+def _open_policies(app: web.Application) -> AsyncIterator[None]:
+    """Policy services (token counter, health board, stores, semantic matcher) for the stages."""
+    return open_policies(app[CURRENT_TABLE], semantic_factory=SemanticMatcher)(app)
 
 
 #: Resources opened (in this order) before the stages are built; closed in reverse.
 RESOURCES: tuple[Resource, ...] = (
     open_services,
+    _open_policies,
 )
 
 #: Stage factories, outermost first.
 STAGES: tuple[StageFactory, ...] = (
-    _plain_log_stage,   # → observe.make_stage (observability) replaces this line
+    observe.make_stage,  # outermost: sees every outcome, logs one line, counts metrics
     parse.make_stage,
     auth.make_stage,
-    # ratelimit (policies): key/model/global limits
+    ratelimit.make_stage,  # key / model / global limits
     route.make_stage,
-    # route ratelimit (policies), cache (policies)
+    ratelimit.make_route_stage,  # per-route limits
+    cache.make_stage,
     select.make_stage,
     relay.make_stage,
 )

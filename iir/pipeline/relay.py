@@ -14,8 +14,10 @@ the ``finally`` blocks close the upstream connection at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -23,8 +25,11 @@ from aiohttp import web
 
 from iir.backends.base import Adapter, UpstreamRequest, sse_error
 from iir.errors import IIRError, NoBackendError, RateLimitedError, UpstreamError, UpstreamTimeoutError
+from iir.observability.metrics import METRICS_KEY, Metrics
 from iir.pipeline.context import Attempt, Next, RequestContext, Stage
 from iir.pipeline.services import SERVICES, Services
+from iir.policies.health import BackendBusyError, HealthBoard
+from iir.policies.runtime import POLICIES
 from iir.table import Backend, Timeouts
 
 __all__ = ["make_stage", "response_headers"]
@@ -35,7 +40,7 @@ _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"
 class _Retry(Exception):
     """An attempt failed before any byte reached the client: try the next candidate."""
 
-    def __init__(self, error: UpstreamError) -> None:
+    def __init__(self, error: IIRError) -> None:
         super().__init__(error.message)
         self.error = error
 
@@ -167,15 +172,16 @@ async def _relay_stream(ctx: RequestContext, adapter: Adapter, backend: Backend,
     try:
         async for block in _blocks(ctx, backend, resp.content, deadline):
             chunks = translator.feed(block)
-            if not chunks or not any(chunks):
-                continue
-            if out is None:
-                ctx.backend, ctx.status = backend.name, 200
-                out = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **response_headers(ctx)})
-                await out.prepare(ctx.http)
-                ctx.first_byte_at = time.perf_counter()
-            for chunk in chunks:
-                await _write(ctx, out, chunk)
+            if chunks and any(chunks):
+                if out is None:
+                    ctx.backend, ctx.status = backend.name, 200
+                    out = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **response_headers(ctx)})
+                    await out.prepare(ctx.http)
+                    ctx.first_byte_at = time.perf_counter()
+                for chunk in chunks:
+                    await _write(ctx, out, chunk)
+            if translator.error is not None:
+                raise translator.error
         if not translator.done and adapter.passthrough(ctx, backend):
             raise UpstreamError(f"backend {backend.name!r} ended the stream without [DONE]")
         if out is None:  # an empty but complete stream: still a valid (empty) answer
@@ -239,6 +245,43 @@ async def _attempt(ctx: RequestContext, services: Services, backend: Backend) ->
             resp.close()  # unread or abandoned (client gone): drop the upstream connection now
 
 
+async def _tracked(ctx: RequestContext, hooks: _Hooks, backend: Backend) -> web.StreamResponse:
+    """One attempt under the health board (max_inflight slot, circuit stats) and in-flight gauge."""
+    health, gauge = hooks.health, hooks.inflight(backend.name)
+    verdict: bool | None = None  # None: ended without a verdict (client went away)
+    n = len(ctx.attempts)
+    try:
+        async with health.slot(backend) if health is not None else contextlib.nullcontext():
+            if health is not None:
+                health.started(backend.name)
+            if gauge is not None:
+                gauge.inc()
+            try:
+                result = await _attempt(ctx, hooks.services, backend)
+                verdict = True
+                return result
+            except _Retry as r:
+                verdict = not isinstance(r.error, UpstreamError) or (
+                    r.error.upstream_status is not None and r.error.upstream_status < 500)
+                raise
+            except UpstreamError as e:  # non-retryable: the backend answered, the request was refused
+                verdict = e.upstream_status is not None and e.upstream_status < 500
+                raise
+            finally:
+                if gauge is not None:
+                    gauge.dec()
+                if health is not None:
+                    if verdict is None:
+                        health.cancelled(backend.name)
+                    else:
+                        a = ctx.attempts[n] if len(ctx.attempts) > n else None
+                        ttft = (ctx.first_byte_at - ctx.started) if verdict and ctx.first_byte_at else None
+                        health.finished(backend.name, verdict, ttft=ttft, seconds=a.seconds if a else None)
+    except BackendBusyError as e:
+        ctx.attempts.append(Attempt(backend.name, error="busy"))
+        raise _Retry(e) from None
+
+
 def _json_response(ctx: RequestContext, backend: Backend, body: bytes, usage: dict[str, int]) -> web.Response:
     ctx.backend, ctx.status, ctx.usage = backend.name, 200, usage
     capture = ctx.extras.get("capture")
@@ -250,28 +293,40 @@ def _json_response(ctx: RequestContext, backend: Backend, body: bytes, usage: di
     return web.Response(body=body, status=200, content_type="application/json", headers=response_headers(ctx))
 
 
-def _final_error(ctx: RequestContext, errors: list[UpstreamError]) -> IIRError:
+def _final_error(ctx: RequestContext, errors: list[IIRError]) -> IIRError:
     if not errors:
         return NoBackendError(f"no routable backend for model {ctx.model!r}")
     if len(errors) == 1:
         return errors[0]
-    if all(e.upstream_status == 429 for e in errors):
+    if all(getattr(e, "upstream_status", None) == 429 for e in errors):
         retry = min((getattr(e, "retry_after", None) or 1.0) for e in errors)
         return RateLimitedError("every backend of this route is rate limited: "
                                 + "; ".join(e.message for e in errors),
                                 headers={"retry-after": str(max(1, round(retry)))})
     last = errors[-1]
+    summary = f"all {len(errors)} backends failed: " + "; ".join(e.message for e in errors)
+    if all(isinstance(e, BackendBusyError) for e in errors):
+        return BackendBusyError(summary)
     cls = UpstreamTimeoutError if isinstance(last, UpstreamTimeoutError) else UpstreamError
-    return cls(f"all {len(errors)} backends failed: " + "; ".join(e.message for e in errors),
-               upstream_status=last.upstream_status)
+    return cls(summary, upstream_status=getattr(last, "upstream_status", None))
 
 
-async def _relay(ctx: RequestContext, services: Services) -> web.StreamResponse:
-    errors: list[UpstreamError] = []
+@dataclass(frozen=True, slots=True)
+class _Hooks:
+    services: Services
+    health: HealthBoard | None
+    metrics: Metrics | None
+
+    def inflight(self, backend: str) -> Any:
+        return self.metrics.backend_inflight(backend) if self.metrics is not None else None
+
+
+async def _relay(ctx: RequestContext, hooks: _Hooks) -> web.StreamResponse:
+    errors: list[IIRError] = []
     kept = [c.backend for c in ctx.candidates if c.kept]
     for backend in kept:
         try:
-            return await _attempt(ctx, services, backend)
+            return await _tracked(ctx, hooks, backend)
         except _Retry as r:
             errors.append(r.error)
     last = errors[-1] if errors else None
@@ -282,16 +337,17 @@ async def _relay(ctx: RequestContext, services: Services) -> web.StreamResponse:
         if retry_after + elapsed <= backend.timeouts.first_byte:
             await asyncio.sleep(retry_after)
             try:
-                return await _attempt(ctx, services, backend)
+                return await _tracked(ctx, hooks, backend)
             except _Retry as r:
                 errors.append(r.error)
     raise _final_error(ctx, errors)
 
 
 def make_stage(app: web.Application) -> Stage:
-    services = app[SERVICES]
+    policies = app.get(POLICIES)
+    hooks = _Hooks(app[SERVICES], policies.health if policies is not None else None, app.get(METRICS_KEY))
 
     async def relay(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
-        return await _relay(ctx, services)
+        return await _relay(ctx, hooks)
 
     return relay

@@ -10,6 +10,8 @@ from aiohttp import web
 
 from iir.errors import ModelNotFoundError
 from iir.pipeline.context import Next, RequestContext, Stage
+from iir.plugins.matching import estimate_tokens, features_from_body, match_route
+from iir.policies.runtime import POLICIES, PolicyServices
 from iir.table import Route, RoutingTable
 
 __all__ = ["find_route", "make_stage", "model_not_found"]
@@ -21,61 +23,33 @@ def model_not_found(table: RoutingTable, model: str) -> ModelNotFoundError:
                               param="model")
 
 
-def _last_user_text(ctx: RequestContext) -> str:
-    body = ctx.body
-    if ctx.endpoint == "chat":
-        for m in reversed(body.get("messages", ())):
-            if isinstance(m, dict) and m.get("role") == "user":
-                content = m.get("content")
-                if isinstance(content, str):
-                    return content
-                if isinstance(content, list):
-                    return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-        return ""
-    prompt = body.get("prompt", body.get("input", ""))
-    return prompt if isinstance(prompt, str) else ""
-
-
-def find_route(ctx: RequestContext) -> Route | None:
-    """First matching route (interim matcher until iir.plugins.matching.match_route lands)."""
-    model = ctx.model
-    tools = bool(ctx.body.get("tools") or ctx.body.get("functions"))
-    headers = ctx.http.headers
-    key_name = ctx.key.name if ctx.key else None
-    text: str | None = None
-    for route in ctx.table.routes_for(model):
-        m = route.match
-        if not m.model_matches(model):
-            continue
-        if m.tools is not None and m.tools != tools:
-            continue
-        if m.keys and key_name not in m.keys:
-            continue
-        if any(p.match(headers.get(h, "")) is None or h not in headers for h, p in m.headers):
-            continue
-        if m.prompt_tokens_min is not None or m.prompt_tokens_max is not None:
-            n = ctx.prompt_tokens or len(ctx.raw) // 4
-            if (m.prompt_tokens_min is not None and n < m.prompt_tokens_min) or (
-                    m.prompt_tokens_max is not None and n > m.prompt_tokens_max):
-                continue
-        if m.regex is not None or m.keywords:
-            text = _last_user_text(ctx) if text is None else text
-            if m.regex is not None and m.regex.search(text) is None:
-                continue
-            if m.keywords and not any(k in text.lower() for k in m.keywords):
-                continue
-        return route
-    return None
-
-
-async def _route(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
-    route = find_route(ctx)
-    if route is None:
-        raise model_not_found(ctx.table, ctx.model)
-    ctx.route = route
-    ctx.response_headers["x-iir-route"] = route.name
-    return await nxt(ctx)
+async def find_route(ctx: RequestContext, policies: PolicyServices | None) -> Route | None:
+    """The first matching route; counts the prompt once (the token counter) if not yet done."""
+    tokens = policies.tokens if policies is not None else None
+    if not ctx.prompt_tokens and tokens is not None:
+        ctx.prompt_tokens = tokens.count_request(ctx.body, ctx.endpoint, ctx.model)
+    counted = ctx.prompt_tokens
+    features = features_from_body(
+        ctx.body, headers=ctx.http.headers, key_name=ctx.key.name if ctx.key else None,
+        count_tokens=(lambda _text: counted) if counted else estimate_tokens)
+    if not counted:
+        ctx.prompt_tokens = features.prompt_tokens
+    semantic = None
+    if policies is not None and policies.semantic is not None:
+        semantic = await policies.semantic.matcher_for(ctx.table, features.last_user_text)  # type: ignore[attr-defined]
+    route, _ = match_route(ctx.table, features, semantic=semantic)
+    return route
 
 
 def make_stage(app: web.Application) -> Stage:
+    policies = app.get(POLICIES)
+
+    async def _route(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
+        route = await find_route(ctx, policies)
+        if route is None:
+            raise model_not_found(ctx.table, ctx.model)
+        ctx.route = route
+        ctx.response_headers["x-iir-route"] = route.name
+        return await nxt(ctx)
+
     return _route

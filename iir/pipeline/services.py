@@ -14,7 +14,7 @@ from aiohttp import web
 from iir.backends.base import Adapter
 from iir.table import Backend, RoutingTable
 
-__all__ = ["SERVICES", "LiveAgents", "Services", "no_agents", "open_services"]
+__all__ = ["CURRENT_TABLE", "SERVICES", "LiveAgents", "Services", "no_agents", "open_services"]
 
 #: (table, requested model or None for any) → live registered agents as dynamic backends.
 LiveAgents = Callable[[RoutingTable, "str | None"], tuple[Backend, ...]]
@@ -33,6 +33,8 @@ class Services:
 
 
 SERVICES = web.AppKey("iir.services", Services)
+#: The live table getter of this process (set by the server before start-up; reload-aware).
+CURRENT_TABLE = web.AppKey("iir.current_table", Callable[[], RoutingTable])
 
 
 async def open_services(app: web.Application) -> AsyncIterator[None]:

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from iir.errors import IIRError, ModelNotFoundError
 from iir.pipeline.chain import RESOURCES, STAGES, Resource, StageFactory, build_chain
-from iir.pipeline.services import SERVICES
+from iir.pipeline.services import CURRENT_TABLE, SERVICES
+from iir.server import anthropic_ingress, metrics_api
 from iir.server.admin import add_admin_routes
 from iir.server.handlers import CHAIN, HeaderTooLargeError, error_response
 from iir.server.reload import watcher_ctx
@@ -75,6 +76,8 @@ def create_app(state: TableState, *, stages: Sequence[StageFactory] = STAGES,
     """The router app for one process. ``watch``: reload when the spec file changes."""
     app = web.Application(middlewares=[boundary], client_max_size=1024 * 1024)
     app[TABLE_STATE] = state
+    app[CURRENT_TABLE] = lambda: state.table
+    metrics_api.setup(app, state)
     for resource in resources:
         app.cleanup_ctx.append(resource)
     live_agents = _optional_agents_api(app)
@@ -90,4 +93,5 @@ def create_app(state: TableState, *, stages: Sequence[StageFactory] = STAGES,
         app.cleanup_ctx.append(watcher_ctx)
     add_routes(app)
     add_admin_routes(app)
+    anthropic_ingress.setup(app)
     return app

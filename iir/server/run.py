@@ -18,10 +18,11 @@ from typing import Any
 
 from aiohttp import web
 
-from iir.compile.build import build_table
+from iir import __version__
+from iir.observability.logging import log_startup
 from iir.server.app import create_app
 from iir.server.reload import sighup_reload
-from iir.server.state import TableState
+from iir.server.state import TableState, build_and_persist
 from iir.table import RoutingTable
 
 __all__ = ["RunningServer", "announce", "serve_forever", "start"]
@@ -75,11 +76,12 @@ def announce(table: RoutingTable, host: str) -> None:
 
 
 async def start(spec: str | Path, *, host: str | None = None, port: int | None = None, reuse_port: bool = False,
-                env: Mapping[str, str] | None = None, watch: bool = True) -> RunningServer:
+                env: Mapping[str, str] | None = None, watch: bool = True, persist: bool = True) -> RunningServer:
     """Load the spec (raises ConfigError), build the app and listen. Port 0 picks a free port."""
     path = Path(spec)
-    built = await asyncio.to_thread(build_table, path, dict(env if env is not None else os.environ))
-    state = TableState(path=path, built=built)
+    built = await asyncio.to_thread(build_and_persist, path, dict(env if env is not None else os.environ),
+                                    persist=persist)
+    state = TableState(path=path, built=built, persist=persist)
     if env is not None:
         frozen_env = dict(env)
         state.env = lambda: frozen_env
@@ -99,7 +101,12 @@ async def start(spec: str | Path, *, host: str | None = None, port: int | None =
     bound = port
     if runner.addresses:
         bound = runner.addresses[0][1]
-    log.info("iir serving spec %s (%s) on http://%s:%d (pid %d)", path, table.digest[:12], host, bound, os.getpid())
+    index = os.environ.get("IIR_WORKER_INDEX")
+    log_startup(log, version=__version__, listen=f"{host}:{bound}", workers=table.server.workers, spec=str(path),
+                digest=table.digest, open_auth=table.auth.open,
+                backends={n: "ok" if b.configured else f"unconfigured: {b.unconfigured_reason}"
+                          for n, b in table.backends.items()},
+                worker=int(index) if reuse_port and index and index.isdigit() else None)
     return RunningServer(runner, state, bound)
 
 

@@ -3,13 +3,13 @@
 ``TableState.table`` is read once per request (the request pins it); :meth:`TableState.reload`
 builds a new table aside (load → check → compile → persist) and swaps one reference. On any
 failure the old table stays, and the diagnostics are logged with ``file:line:col`` and kept
-for ``/admin/``.
+for ``/admin/``; the ``on_report`` hooks (installed by :mod:`iir.server.metrics_api`) log every
+reload as one structured event with each diagnostic and count it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -19,15 +19,29 @@ from pathlib import Path
 from aiohttp import web
 
 from iir.compile.build import Built, build_table
+from iir.compile.registry import Registry, RegistryError
 from iir.errors import ConfigError, Diagnostic
 from iir.table import RoutingTable
 
-__all__ = ["TABLE_STATE", "ReloadReport", "TableState"]
+__all__ = ["TABLE_STATE", "ReloadReport", "TableState", "build_and_persist"]
 
-log = logging.getLogger("iir.reload")
+#: Called after every reload attempt with its report (metrics, the structured ``reload`` log event).
+OnReport = Callable[["ReloadReport"], None]
 
-#: Called after a successful swap with the new build (persist to the registry, reconfigure, ...).
-OnSwap = Callable[[Built], None]
+
+def build_and_persist(path: Path, env: Mapping[str, str], *, persist: bool = True) -> Built:
+    """load → check → compile → persist (one SQLite transaction). Blocking: run it in a thread.
+    Raises :class:`ConfigError` (also for a registry that cannot be written)."""
+    built = build_table(path, env)
+    if persist:
+        table = built.table
+        try:
+            with Registry(table.state.registry) as reg:
+                reg.persist(table, built.loaded.text, str(path))
+        except RegistryError as e:
+            raise ConfigError([Diagnostic(str(path), 1, 1, "state.registry",
+                                          f"cannot persist to registry {table.state.registry!r}: {e}")]) from None
+    return built
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +69,8 @@ class TableState:
     env: Callable[[], Mapping[str, str]] = lambda: dict(os.environ)
     loaded_at: float = field(default_factory=time.time)
     last: ReloadReport | None = None
-    on_swap: list[OnSwap] = field(default_factory=list)
+    persist: bool = True
+    on_report: list[OnReport] = field(default_factory=list)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -68,27 +83,19 @@ class TableState:
             start = time.perf_counter()
             old = self.built.table.digest
             try:
-                built = await asyncio.to_thread(build_table, self.path, self.env())
+                built = await asyncio.to_thread(build_and_persist, self.path, self.env(), persist=self.persist)
             except ConfigError as e:
                 report = ReloadReport(False, trigger, time.time(), time.perf_counter() - start, old, False,
                                       tuple(e.diagnostics))
-                log.error("reload (%s) rejected, keeping spec %s: %d problem(s)", trigger, old[:12],
-                          sum(d.severity == "error" for d in e.diagnostics))
-                for d in e.diagnostics:
-                    log.error("  %s", d)
             else:
                 changed = built.table.digest != old
                 if changed:
-                    for hook in self.on_swap:
-                        hook(built)  # persist etc.: runs before the swap, so a failure keeps the old table
-                    self.built, self.loaded_at = built, time.time()
+                    self.built, self.loaded_at = built, time.time()  # the swap: one reference
                 report = ReloadReport(True, trigger, time.time(), time.perf_counter() - start,
                                       built.table.digest, changed, built.warnings)
-                log.info("reload (%s) %s in %.1f ms: spec %s", trigger, "applied" if changed else "unchanged",
-                         report.seconds * 1000, built.table.digest[:12])
-                for w in built.warnings:
-                    log.warning("  %s", w)
             self.last = report
+            for hook in self.on_report:
+                hook(report)
             return report
 
 

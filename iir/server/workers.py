@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["supervise"]
@@ -28,7 +29,8 @@ def _spawn(spec: Path, host: str, port: int, index: int) -> subprocess.Popen[byt
     return subprocess.Popen(cmd, env=env)
 
 
-def supervise(spec: Path, host: str, port: int, workers: int, drain_timeout: float) -> int:
+def supervise(spec: Path, host: str, port: int, workers: int, drain_timeout: float,
+              on_exit: Callable[[int], None] | None = None) -> int:
     """Run ``workers`` processes until SIGTERM/SIGINT; returns the exit status."""
     procs = [_spawn(spec, host, port, i) for i in range(workers)]
     log.info("iir supervisor pid %d: %d workers on %s:%d (pids %s)", os.getpid(), workers, host, port,
@@ -50,6 +52,8 @@ def supervise(spec: Path, host: str, port: int, workers: int, drain_timeout: flo
         for i, p in enumerate(procs):
             if p.poll() is not None and not stopping and time.monotonic() - last_restart > 1.0:
                 log.error("worker %d (pid %d) exited with %s; restarting", i, p.pid, p.returncode)
+                if on_exit is not None:
+                    on_exit(p.pid)
                 procs[i] = _spawn(spec, host, port, i)
                 last_restart = time.monotonic()
     deadline = time.monotonic() + drain_timeout + 5
@@ -61,4 +65,6 @@ def supervise(spec: Path, host: str, port: int, workers: int, drain_timeout: flo
             p.kill()
             rc = p.wait()
         status = status or (0 if rc in (0, -signal.SIGTERM, -signal.SIGINT) else 1)
+        if on_exit is not None:
+            on_exit(p.pid)
     return status

@@ -1,0 +1,168 @@
+"""The router proxies OpenAI traffic to real loopback upstreams, driven by the official SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import openai
+import orjson
+import pytest
+
+from iir.backends.openai_openai import _MODEL_FIELD
+from tests.router.conftest import UPSTREAM_MODEL, base
+
+SPEC = """
+version: 1
+state: {{registry: "{{registry}}"}}
+backends:
+  up: {{kind: openai-compatible, url: "{up}", models: [gpt-test, embed-test]}}
+  laptop: {{kind: agent, url: "{agent}", models: [tiny]}}
+routes:
+  - name: by-model
+    match: {{model: "*"}}
+    to: by-model
+"""
+
+
+@pytest.fixture
+async def setup(upstreams, router):
+    up = await upstreams()
+    agent = await upstreams("agent")
+    srv = await router(SPEC.format(up=up.url, agent=agent.url))
+    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="unused", max_retries=0)
+    yield srv, up, agent, client
+    await client.close()
+
+
+async def test_chat_non_streaming_model_rewritten_and_headers(setup):
+    srv, up, _, client = setup
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}], temperature=0.2,
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}], seed=3, n=1,
+        extra_headers={"x-request-id": "req-abc-123"})
+    completion = raw.parse()
+    assert completion.model == "gpt-test"  # the name the client asked for, not the upstream's
+    assert completion.choices[0].message.content == "Hello from upstream!"
+    assert completion.usage.total_tokens == 12
+    h = raw.headers
+    assert h["x-request-id"] == "req-abc-123"
+    assert h["x-iir-route"].startswith("by-model")
+    assert h["x-iir-backend"] == "up"
+    assert h["x-iir-attempts"] == "1"
+    assert float(h["x-iir-overhead-ms"]) >= 0
+    # every OpenAI parameter went upstream untouched
+    sent = up.requests[-1]
+    assert sent["tools"][0]["function"]["name"] == "f" and sent["seed"] == 3 and sent["temperature"] == 0.2
+    assert up.request_headers[-1]["x-request-id"] == "req-abc-123"
+
+
+async def test_chat_streaming_with_usage(setup):
+    _, _, _, client = setup
+    stream = await client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True})
+    text, models, usage = "", set(), None
+    async for chunk in stream:
+        models.add(chunk.model)
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        if chunk.usage:
+            usage = chunk.usage
+    assert text == "Hello from upstream!"
+    assert models == {"gpt-test"}
+    assert usage is not None and usage.completion_tokens == 5
+
+
+async def test_sync_sdk_chat_and_stream(setup):
+    srv, _, _, _ = setup
+
+    def use_sync_client() -> tuple[str, str]:
+        with openai.OpenAI(base_url=base(srv) + "/v1", api_key="unused", max_retries=0) as c:
+            one = c.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+            streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True) if ch.choices)
+            return one.choices[0].message.content or "", streamed
+
+    one, streamed = await asyncio.to_thread(use_sync_client)
+    assert one == streamed == "Hello from upstream!"
+
+
+async def test_completions_and_embeddings(setup):
+    _, up, _, client = setup
+    comp = await client.completions.create(model="gpt-test", prompt="Say hi", max_tokens=5)
+    assert comp.model == "gpt-test" and comp.choices[0].text == "Hello from upstream!"
+    emb = await client.embeddings.create(model="embed-test", input=["a", "b"])
+    assert emb.model == "embed-test" and len(emb.data) == 2 and emb.data[0].embedding == [0.1, 0.2, 0.3]
+    assert up.requests[-1]["input"] == ["a", "b"]
+
+
+async def test_models_list_and_get(setup):
+    _, _, _, client = setup
+    ids = {m.id async for m in client.models.list()}
+    assert {"gpt-test", "embed-test", "tiny"} <= ids
+    model = await client.models.retrieve("tiny")
+    assert model.id == "tiny" and model.owned_by == "laptop"
+    with pytest.raises(openai.NotFoundError) as e:
+        await client.models.retrieve("nope")
+    assert "gpt-test" in str(e.value)
+
+
+async def test_agent_backend_chat_stream_and_completions(setup):
+    _, _, agent, client = setup
+    chat = await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=20, temperature=0)
+    assert chat.model == "tiny" and chat.choices[0].message.content == "Hello from the tiny model!"
+    assert chat.choices[0].finish_reason == "stop" and chat.usage.prompt_tokens == 4
+    assert agent.requests[-1] == {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 20,
+                                  "temperature": 0, "stream": False}
+    stream = await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                  stream=True, stream_options={"include_usage": True})
+    parts, usage, finish = [], None, None
+    async for chunk in stream:
+        assert chunk.model == "tiny"
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert "".join(parts).strip() == "Hello from the tiny model!"
+    assert finish == "stop" and usage is not None and usage.total_tokens == 10
+    comp = await client.completions.create(model="tiny", prompt="hello")
+    assert comp.choices[0].text == "Hello from the tiny model!"
+    assert agent.requests[-1]["prompt"] == "hello"
+
+
+async def test_agent_error_mid_stream_raises_in_sdk(setup):
+    _, _, agent, client = setup
+    agent.fail_stream = True
+    stream = await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                                  stream=True)
+    with pytest.raises(openai.APIError, match="out of memory"):
+        async for _ in stream:
+            pass
+
+
+async def test_stream_passthrough_bytes_unchanged_except_model(setup):
+    srv, up, _, _ = setup
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+            "stream_options": {"include_usage": True}}
+    async with aiohttp.ClientSession() as s, s.post(base(srv) + "/v1/chat/completions", json=body) as r:
+        assert r.status == 200 and r.headers["content-type"].startswith("text/event-stream")
+        received = await r.read()
+    expected = _MODEL_FIELD.sub(b'"model":"gpt-test"', bytes(up.sent))
+    assert UPSTREAM_MODEL.encode() in bytes(up.sent)
+    assert received == expected
+    assert b"keep-alive comment" in received  # even comments pass through
+
+
+async def test_non_stream_body_passthrough_when_model_matches(upstreams, router):
+    up = await upstreams()
+    srv = await router(SPEC.format(up=up.url, agent="http://127.0.0.1:9").replace(
+        "gpt-test, embed-test", UPSTREAM_MODEL))
+    raw = orjson.dumps({"model": UPSTREAM_MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    async with aiohttp.ClientSession() as s, s.post(base(srv) + "/v1/chat/completions", data=raw,
+                                                    headers={"content-type": "application/json"}) as r:
+        got = await r.read()
+    assert got == json.dumps(up._completion({}, "chat")).encode()  # byte for byte, as the upstream sent it
