@@ -310,17 +310,18 @@ class RedisStore(StateStore):
 
     kind = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "iir:", timeout: float = 0.25,
+    def __init__(self, url: str, *, prefix: str = "iir:", timeout: float = 1.0, max_connections: int = 32,
                  retry_interval: float = 1.0, log_interval: float = 30.0) -> None:
-        from redis.asyncio import Redis
+        from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        self._redis = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
-            max_connections=64,
-        )
+        # a bounded pool that makes a burst wait briefly for a connection instead of opening
+        # hundreds at once (or failing with "too many connections")
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout,
+            socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0)
+        self._redis = Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         self._prefix = prefix
         self._timeout = timeout
         self._retry_interval = retry_interval
@@ -340,7 +341,7 @@ class RedisStore(StateStore):
             raise StoreUnavailable("redis marked down; retrying shortly")
         try:
             # the socket timeouts bound each I/O; this bounds the whole call (pool waits included)
-            result = await asyncio.wait_for(coro_fn(*args), timeout=self._timeout * 4)
+            result = await asyncio.wait_for(coro_fn(*args), timeout=self._timeout * 3)
         except (RedisError, OSError, TimeoutError) as err:
             self._skip_until = time.monotonic() + self._retry_interval
             self._outage.failed(err)

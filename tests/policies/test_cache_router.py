@@ -48,6 +48,7 @@ async def test_hit_skips_backend(upstream, start_router, redis_url, store):
     assert b"Hello from upstream" in b2
     # a different request field is a different key
     s3, h3, _ = await post(base, {**body, "max_tokens": 5})
+    assert s3 == 200
     assert h3["x-iir-cache"] == "miss" and upstream.calls == 2
 
 
