@@ -23,13 +23,14 @@ def cli() -> None:
 
 def _register() -> None:
     # One line per command module; each module exposes `commands: list[click.Command]`.
+    from iir.cmd import agent as agent_cmds
     from iir.cmd import db as db_cmds
     from iir.cmd import export as export_cmds
     from iir.cmd import models as models_cmds
     from iir.cmd import serve as serve_cmds
     from iir.cmd import spec as spec_cmds
 
-    for module in (spec_cmds, models_cmds, db_cmds, export_cmds, serve_cmds):
+    for module in (spec_cmds, models_cmds, db_cmds, export_cmds, serve_cmds, agent_cmds):
         for command in module.commands:
             cli.add_command(command)
 

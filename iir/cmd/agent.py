@@ -1,0 +1,237 @@
+"""Agent commands: ``iir agent`` (serve a model), ``iir agents list``, ``iir run-demo``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
+
+import click
+from redis.exceptions import RedisError
+
+from iir.compile.registry import RegistryError
+from iir.errors import ConfigError
+from iir.policies.agents import AgentEntry, RedisAgentDirectory
+from iir.table import RoutingTable
+
+__all__ = ["agent", "agents", "commands", "run_demo"]
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("LOG_LEVEL", "info").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.command("agent")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
+              help="Agent config YAML (model map, engine, queue, registration...).")
+@click.option("--host", default=None, help="Address to listen on [default: 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port to listen on [default: 5000; 0 = any free port].")
+@click.option("--model", default=None, help="Model name from the config's `models`, a local folder or a hub id.")
+@click.option("--engine", type=click.Choice(["transformers", "vllm"]), default=None, help="Inference engine.")
+@click.option("--device", default=None, help="auto (MPS, then CUDA, then CPU), cpu, cuda, cuda:N or mps.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default=None)
+@click.option("--max-queue", type=int, default=None, help="Most requests admitted at once; more get 503.")
+@click.option("--context-window", type=int, default=None, help="Override the model's context window.")
+@click.option("--router-url", default=None, help="Register with this router (also ROUTER_URL).")
+@click.option("--name", default=None, help="Name shown in `iir agents list`.")
+@click.option("--vllm-url", default=None, help="With --engine vllm: a running vLLM server instead of starting one.")
+@click.option("--demo", is_flag=True, help="Build (once, cached) and serve the tiny demo model as `tiny-demo`.")
+def agent(config_file: str | None, host: str | None, port: int | None, model: str | None, engine: str | None,
+          device: str | None, dtype: str | None, max_queue: int | None, context_window: int | None,
+          router_url: str | None, name: str | None, vllm_url: str | None, demo: bool) -> None:
+    """Serve one model on this machine; register with a router when ROUTER_URL is set."""
+    from iir.agent.config import load_agent_config
+    from iir.agent.engine import EngineStartError
+    from iir.agent.runner import serve_agent
+
+    _setup_logging()
+    overrides: dict[str, object] = {"host": host, "port": port, "model": model, "engine": engine,
+                                    "device": device, "dtype": dtype, "max_queue": max_queue,
+                                    "context_window": context_window, "router_url": router_url, "name": name}
+    if demo:
+        from iir.agent.demo_model import DEMO_MODEL_NAME, ensure_tiny_model
+
+        click.echo("iir agent: preparing the tiny demo model (built once, then cached)", err=True)
+        folder = ensure_tiny_model(progress=lambda msg: click.echo(f"  {msg}", err=True))
+        overrides.update(model=DEMO_MODEL_NAME, models={DEMO_MODEL_NAME: str(folder)})
+    try:
+        config = load_agent_config(config_file, os.environ, overrides)
+        if vllm_url:
+            config = config.model_copy(update={"vllm": config.vllm.model_copy(update={"url": vllm_url})})
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+    def ready(url: str) -> None:
+        click.echo(f"iir agent: serving {config.served_name()} on {url} "
+                   f"(POST {url}/infer, {url}/v1/chat/completions)", err=True)
+
+    try:
+        asyncio.run(serve_agent(config, on_ready=ready))
+    except EngineStartError as e:
+        click.echo(f"iir agent: error: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:  # e.g. the port is taken
+        click.echo(f"iir agent: error: cannot listen on {config.host}:{config.port}: {e.strerror or e}", err=True)
+        sys.exit(2)
+
+
+@click.group("agents")
+def agents() -> None:
+    """Registered agents."""
+
+
+@agents.command("list")
+@click.option("--spec", "spec_file", default="iir.yaml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def agents_list(spec_file: str, as_json: bool) -> None:
+    """Agents registered with the router of SPEC, with their state (live / stale).
+
+    Read from Redis when the spec's state.store is redis, else from the SQLite registry."""
+    table = _load_table(spec_file)
+    try:
+        entries, now = asyncio.run(_read_agents(table))
+    except (OSError, RegistryError, RedisError) as e:
+        raise click.ClickException(f"cannot read the agent directory: {e}") from None
+    timeout = table.agents.heartbeat_timeout
+    rows = [{"id": e.id, "name": e.name, "url": e.url, "models": list(e.models),
+             "state": "live" if now - e.last_heartbeat <= timeout else "stale",
+             "last_heartbeat_seconds_ago": round(max(0.0, now - e.last_heartbeat), 1),
+             "queue_length": e.queue_length, "in_flight": e.in_flight, "context_window": e.context_window,
+             "engine": e.engine, "device": e.device} for e in entries]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no agents registered")
+        return
+    header = ("ID", "STATE", "LAST SEEN", "MODELS", "QUEUE", "URL")
+    table_rows = [(r["id"], r["state"], f"{r['last_heartbeat_seconds_ago']}s ago", ",".join(r["models"]),
+                   f"{r['queue_length']}+{r['in_flight']}", r["url"]) for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *table_rows, strict=False)]
+    for line in (header, *table_rows):
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _load_table(spec_file: str) -> RoutingTable:
+    from iir.compile.build import build_table
+
+    try:
+        return build_table(spec_file, os.environ).table
+    except ConfigError as e:
+        for d in e.diagnostics:
+            click.echo(str(d), err=True)
+        sys.exit(1)
+    except OSError as e:
+        raise click.ClickException(f"cannot read {spec_file}: {e}") from None
+
+
+async def _read_agents(table: RoutingTable) -> tuple[list[AgentEntry], float]:
+    """Every registered agent and the current time on the directory's clock."""
+    if table.state.store == "redis" and table.state.redis_url:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(table.state.redis_url)
+        try:
+            directory = RedisAgentDirectory(client)
+            await directory.refresh()
+            snap = directory.snapshot()
+            return list(snap.entries), snap.now()
+        finally:
+            await client.aclose()
+    from iir.compile.registry import Registry
+
+    with Registry(table.state.registry) as reg:
+        records = reg.list_agents()
+    return [AgentEntry(id=r.id, url=r.url, models=r.models, name=str(r.load.get("name", r.id)),
+                       context_window=r.context_window, capabilities=r.capabilities,
+                       engine=str(r.load.get("engine", "")), device=str(r.load.get("device", "")),
+                       registered_at=r.registered_at, last_heartbeat=r.last_heartbeat,
+                       queue_length=int(r.load.get("queue_length", 0)), in_flight=int(r.load.get("in_flight", 0)))
+            for r in records if r.state != "gone"], time.time()
+
+
+@click.command("run-demo")
+@click.option("--spec", "spec_file", default="iir.yaml", show_default=True, type=click.Path(dir_okay=False))
+def run_demo(spec_file: str) -> None:
+    """Start the demo agent (tiny model) and the router on SPEC; Ctrl-C stops both."""
+    table = _load_table(spec_file)
+    agent_url = next((b.base_url for b in table.backends.values()
+                      if b.kind == "agent" and "tiny-demo" in b.models), "http://127.0.0.1:5000")
+    agent_port = urlsplit(agent_url).port or 5000
+    host = table.server.host if table.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    router_url = f"http://{host}:{table.server.port}"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        click.echo(f"==> starting the demo agent on {agent_url} (first run builds the tiny model)", err=True)
+        procs.append(subprocess.Popen([sys.executable, "-m", "iir", "agent", "--demo", "--port", str(agent_port)]))
+        _wait_http(f"{agent_url}/health", procs[0], "the demo agent", 900)
+        click.echo(f"==> starting the router on {router_url} with {spec_file}", err=True)
+        procs.append(subprocess.Popen([sys.executable, "-m", "iir", "serve", "--spec", spec_file]))
+        _wait_http(f"{router_url}/healthz", procs[1], "the router", 120)
+        click.echo(DEMO_BANNER.format(router=router_url, agent=agent_url))
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        dead = next(p for p in procs if p.poll() is not None)
+        click.echo(f"iir run-demo: {'agent' if dead is procs[0] else 'router'} exited "
+                   f"(code {dead.returncode}); stopping", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("\niir run-demo: stopping", err=True)
+    finally:
+        _stop_all(procs)
+
+
+DEMO_BANNER = """
+iir demo is up.
+  router: {router}   (OpenAI-compatible: {router}/v1)
+  agent:  {agent}    (tiny model `tiny-demo`, direct: {agent}/infer)
+
+Try:
+  curl -s {router}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "tiny-demo", "messages": [{{"role": "user", "content": "Hi!"}}], "temperature": 0}}'
+
+Ctrl-C stops both.
+"""
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
+    """Wait until ``url`` answers (any HTTP status) or ``proc`` exits; exit 1 on failure."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            click.echo(f"iir run-demo: {what} exited with code {proc.returncode}", err=True)
+            sys.exit(1)
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    click.echo(f"iir run-demo: {what} did not answer {url} within {timeout:.0f} s", err=True)
+    sys.exit(1)
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
+
+
+commands = [agent, agents, run_demo]
