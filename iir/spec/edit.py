@@ -60,15 +60,50 @@ def _dump(y: YAML, tree: Any) -> str:
     return out.getvalue()
 
 
+def _norm(line: str) -> str:
+    return " ".join(line.split())
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _reindent(lines: list[str], pairs: list[tuple[str, str]]) -> list[str]:
+    """Re-indent dumped ``lines`` the way the original file indents the same section.
+
+    ``pairs`` are (dumped, original) lines that precede the change, nearest first; they give a
+    map from dumped to original indentation, extrapolated for deeper levels."""
+    levels: dict[int, int] = {}
+    for dumped, original in pairs:
+        levels.setdefault(_indent(dumped), _indent(original))
+        if _indent(dumped) == 0:
+            break
+    levels.setdefault(0, 0)
+    known = sorted(levels)
+    out = []
+    for line in lines:
+        d = _indent(line)
+        below = max(k for k in known if k <= d)
+        lower = [k for k in known if k < below]
+        ratio = (levels[below] - levels[lower[-1]]) / (below - lower[-1]) if lower else 1.0
+        o = levels[below] + round((d - below) * ratio)
+        out.append(" " * o + line[d:])
+    return out
+
+
 def _splice(orig: str, before: str, after: str) -> str:
-    """Apply the line changes ``before → after`` to ``orig`` (which ``before`` may have normalised)."""
+    """Apply the line changes ``before → after`` to ``orig`` (which ``before`` may have normalised:
+    ruamel uses one indentation for the whole file). Lines are aligned on their content with
+    whitespace collapsed; changed lines take the original's indentation of their section."""
     if before == orig:
         return after
     o, a, b = orig.splitlines(True), before.splitlines(True), after.splitlines(True)
     to_orig: dict[int, int] = {}
-    for tag, i1, i2, j1, _j2 in difflib.SequenceMatcher(None, a, o, autojunk=False).get_opcodes():
+    matcher = difflib.SequenceMatcher(None, [_norm(x) for x in a], [_norm(x) for x in o], autojunk=False)
+    for tag, i1, i2, j1, _j2 in matcher.get_opcodes():
         if tag == "equal":
             to_orig.update({i1 + k: j1 + k for k in range(i2 - i1)})
+    refuse = SpecEditError("cannot make this edit without reformatting other lines of the file")
     out: list[str] = []
     pos = 0
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
@@ -76,19 +111,24 @@ def _splice(orig: str, before: str, after: str) -> str:
             continue
         if i1 < i2:
             mapped = [to_orig.get(i) for i in range(i1, i2)]
-            if None in mapped or mapped != list(range(mapped[0], mapped[0] + len(mapped))):  # type: ignore[arg-type,operator]
-                raise SpecEditError("cannot make this edit without reformatting other lines of the file")
-            start, end = mapped[0], mapped[-1] + 1  # type: ignore[operator]
+            if any(m is None for m in mapped):
+                raise refuse
+            first = mapped[0]
+            assert first is not None
+            if mapped != list(range(first, first + len(mapped))):
+                raise refuse
+            start, end = first, first + len(mapped)
         elif i1 - 1 in to_orig:
             start = end = to_orig[i1 - 1] + 1
         elif i1 in to_orig:
             start = end = to_orig[i1]
         else:
-            raise SpecEditError("cannot make this edit without reformatting other lines of the file")
+            raise refuse
         if start < pos:
-            raise SpecEditError("cannot make this edit without reformatting other lines of the file")
+            raise refuse
+        pairs = [(a[i], o[to_orig[i]]) for i in range(i2 - 1 if i1 < i2 else i1 - 1, -1, -1) if i in to_orig]
         out.extend(o[pos:start])
-        out.extend(b[j1:j2])
+        out.extend(_reindent(b[j1:j2], pairs))
         pos = end
     out.extend(o[pos:])
     return "".join(out)

@@ -8,7 +8,13 @@ import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
-from iir.spec.schema import missing_descriptions, spec_json_schema, spec_json_schema_text, spec_markdown, spec_models
+from iir.spec.schema import (
+    missing_descriptions,
+    spec_json_schema,
+    spec_json_schema_text,
+    spec_markdown,
+    spec_models,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,123 @@
+"""Round-trip edits of iir.yaml keep every comment and untouched line byte-identical."""
+
+from __future__ import annotations
+
+import difflib
+
+import pytest
+
+from iir.compile.build import build_text
+from iir.spec.edit import SpecEditError, add_model, remove_model, update_model, write_atomically
+
+COMMENTED = """# yaml-language-server: $schema=config/iir.schema.json
+# A heavily commented spec: every comment must survive an edit.
+version: 1   # trailing comment on version
+
+server:
+    listen:   127.0.0.1:8000      # odd spacing and 4-space indent, kept as written
+    max_body: 4MiB
+
+backends:
+  # the laptop agent
+  laptop:
+    kind: agent
+    url: 'http://127.0.0.1:5000'     # single-quoted on purpose
+    models: [tiny-demo]              # flow list
+    context_window: 512
+  gpu-box:
+    kind: vllm
+    url: "http://10.0.0.5:8000/v1"
+    models:                          # block list
+      - llama-3.1-8b
+      - qwen-2.5-7b    # a comment on an item
+    price:
+      llama-3.1-8b: {input: 0.10, output: 0.20}
+
+# routes: first match wins
+routes:
+  - name: light
+    match: {model: auto, prompt_tokens: {max: 400}}
+    to: [laptop, gpu-box]
+  - name: by-model     # catch the rest
+    match:
+      model: "*"
+    to: by-model
+"""
+
+
+def _changes(old: str, new: str) -> list[tuple[str, list[str], list[str]]]:
+    a, b = old.splitlines(True), new.splitlines(True)
+    return [(tag, a[i1:i2], b[j1:j2]) for tag, i1, i2, j1, j2 in
+            difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes() if tag != "equal"]
+
+
+def _valid(text: str) -> None:
+    build_text(text, "iir.yaml", {})
+
+
+def test_add_to_flow_list_changes_only_that_line() -> None:
+    new = add_model(COMMENTED, "tiny-2", backend="laptop")
+    _valid(new)
+    [(tag, old, added)] = _changes(COMMENTED, new)
+    assert (tag, old) == ("replace", ["    models: [tiny-demo]              # flow list\n"])
+    assert len(added) == 1 and added[0].startswith("    models: [tiny-demo, tiny-2]") and added[0].endswith("# flow list\n")
+
+
+def test_add_to_block_list_with_price_inserts_lines_only() -> None:
+    new = add_model(COMMENTED, "mistral-7b", backend="gpu-box", price=(0.05, 0.1), upstream="mistralai/Mistral-7B")
+    _valid(new)
+    changes = _changes(COMMENTED, new)
+    assert all(tag == "insert" for tag, _, _ in changes), changes
+    inserted = [line for _, _, lines in changes for line in lines]
+    assert "      - mistral-7b\n" in inserted
+    assert any("mistral-7b: {input: 0.05, output: 0.1}" in line for line in inserted)
+    assert any("model_map" in line for line in inserted)
+    # every original line is still there, in order
+    assert [ln for ln in new.splitlines(True) if ln not in inserted] == COMMENTED.splitlines(True)
+
+
+def test_new_backend_is_appended_to_backends() -> None:
+    new = add_model(COMMENTED, "llama-70b", backend="cluster", new_backend={"kind": "llm-d", "url": "http://llmd:80/v1"})
+    _valid(new)
+    changes = _changes(COMMENTED, new)
+    assert [tag for tag, _, _ in changes] == ["insert"]
+    assert changes[0][2] == ["  cluster:\n", "    kind: llm-d\n", "    url: http://llmd:80/v1\n", "    models: [llama-70b]\n"]
+
+
+def test_rename_follows_routes_and_keeps_price() -> None:
+    new = update_model(COMMENTED, "llama-3.1-8b", rename="llama-8b")
+    _valid(new)
+    assert "      - llama-8b\n" in new and "      llama-8b: {input: 0.10, output: 0.20}\n" in new
+    assert "llama-3.1-8b" not in new
+    assert len(_changes(COMMENTED, new)) == 2
+
+
+def test_remove_model_and_its_price() -> None:
+    new = remove_model(COMMENTED, "llama-3.1-8b")
+    _valid(new)
+    assert "llama-3.1-8b" not in new
+    assert "      - qwen-2.5-7b    # a comment on an item\n" in new
+    assert all(tag == "delete" for tag, _, _ in _changes(COMMENTED, new))
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda t: add_model(t, "x", backend="laptpo"), "unknown backend 'laptpo' (did you mean 'laptop'?)"),
+    (lambda t: add_model(t, "tiny-demo", backend="laptop"), "backend 'laptop' already serves 'tiny-demo'"),
+    (lambda t: remove_model(t, "tiny-demo"), "'tiny-demo' is the only model of backend 'laptop'; remove the backend instead"),
+    (lambda t: remove_model(t, "nope"), "model 'nope' is not served by any backend"),
+    (lambda t: update_model(t, "qwen-2.5-7b", rename="llama-3.1-8b"), "backend 'gpu-box' already serves 'llama-3.1-8b'"),
+])
+def test_impossible_edits_are_refused(edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SpecEditError) as e:
+        edit(COMMENTED)
+    assert str(e.value).startswith(message)
+
+
+def test_write_atomically_keeps_mode_and_leaves_no_temp(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    p = tmp_path / "iir.yaml"
+    p.write_text("old\n")
+    p.chmod(0o640)
+    write_atomically(p, "new\n")
+    assert p.read_text() == "new\n"
+    assert p.stat().st_mode & 0o777 == 0o640
+    assert [x.name for x in tmp_path.iterdir()] == ["iir.yaml"]
