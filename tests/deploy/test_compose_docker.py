@@ -15,6 +15,7 @@ from .conftest import ROOT, run, tool
 
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
 PROFILES = ["--profile", "agent", "--profile", "gpu"]
+pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 
 
 def _compose_env(tmp: Path) -> dict[str, str]:
