@@ -4,7 +4,7 @@ Anthropic Messages and Gemini wire formats (answers from the documentation fixtu
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import openai
@@ -54,9 +54,10 @@ ENV = {"EXTERNAL_ANTHROPIC_KEY": "sk-ant-test", "EXTERNAL_GOOGLE_KEY": "g-test"}
 
 @pytest.fixture
 async def client(start_router: Callable[..., Any], anthropic_up: FakeProvider, anthropic_up2: FakeProvider,
-                 gemini_up: FakeProvider) -> openai.AsyncOpenAI:
+                 gemini_up: FakeProvider) -> AsyncIterator[openai.AsyncOpenAI]:
     url = await start_router(spec(anthropic_up.url, anthropic_up2.url, gemini_up.url), ENV)
-    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=15)
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=15) as c:
+        yield c
 
 
 # ----------------------------------------------------------------------------- Anthropic
