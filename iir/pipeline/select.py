@@ -14,6 +14,7 @@ from aiohttp import web
 from iir.backends.base import Adapter
 from iir.errors import NoBackendError
 from iir.pipeline.context import Candidate, Next, RequestContext, Stage
+from iir.pipeline.route import model_not_found
 from iir.pipeline.services import SERVICES, LiveAgents
 from iir.plugins.selection import SelectionRequest, explain_header, select
 from iir.policies.runtime import POLICIES, PolicyServices
@@ -115,6 +116,8 @@ def make_stage(app: web.Application) -> Stage:
 
     async def _select(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
         ctx.candidates = select_candidates(ctx, services.live_agents, services.adapters, policies)
+        if not ctx.candidates and ctx.route is not None and ctx.route.by_model:
+            raise model_not_found(ctx.table, ctx.model)  # no backend declares it: an unknown model
         if not any(c.kept for c in ctx.candidates):
             raise no_backend(ctx)
         return await nxt(ctx)

@@ -5,6 +5,8 @@ Guarded by ``auth.admin_token``; with no token set it answers loopback clients o
 
 from __future__ import annotations
 
+import os
+
 import orjson
 from aiohttp import web
 
@@ -48,6 +50,7 @@ async def status(request: web.Request) -> web.Response:
         backends.append({"name": agent.name, "kind": agent.kind, "protocol": agent.protocol, "url": agent.base_url,
                          "models": list(agent.models), "state": "live", "reason": None})
     return _json({
+        "pid": os.getpid(),
         "spec": {"path": str(state.path), "digest": table.digest, "loaded_at": state.loaded_at},
         "last_reload": state.last.to_dict() if state.last else None,
         "auth": {"open": table.auth.open, "keys": len(table.auth.keys_by_sha256)},

@@ -1,0 +1,165 @@
+"""Bad input gets the right status, OpenAI's error shape, and no traceback in the log; auth and admin."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+import openai
+import pytest
+
+from tests.router.conftest import base
+
+SPEC = """
+version: 1
+server: {{max_body: 1MiB}}
+state: {{registry: "{{registry}}"}}
+auth:
+  admin_token: "${{ADMIN}}"
+  keys:
+    - {{name: ci, key: "${{KEY_CI}}", models: ["local/*"]}}
+    - {{name: all, key: "${{KEY_ALL}}"}}
+backends:
+  up: {{kind: openai-compatible, url: "{up}", models: [gpt-test, local/small]}}
+routes:
+  - name: by-model
+    match: {{model: "*"}}
+    to: by-model
+"""
+ENV = {"ADMIN": "admin-secret-1", "KEY_CI": "key-ci-123456", "KEY_ALL": "key-all-123456"}
+GOOD = b'{"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}'
+AUTH = {"authorization": "Bearer key-all-123456"}
+
+
+@pytest.fixture
+async def srv(upstreams, router):
+    up = await upstreams()
+    return await router(SPEC.format(up=up.url), env=ENV)
+
+
+async def _post(url: str, data: bytes, headers: dict[str, str] | None = None,
+                path: str = "/v1/chat/completions") -> tuple[int, dict]:
+    hdrs = {"content-type": "application/json", **AUTH, **(headers or {})}
+    async with aiohttp.ClientSession() as s, s.post(url + path, data=data, headers=hdrs) as r:
+        return r.status, await r.json(content_type=None)
+
+
+def _assert_openai_error(body: dict, code: str | None = None) -> None:
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code
+
+
+@pytest.mark.parametrize(("data", "status", "code", "param"), [
+    (b"this is not json", 400, "invalid_json", None),
+    (b"[1, 2, 3]", 400, "invalid_json", None),
+    (b'"a string"', 400, "invalid_json", None),
+    (b"", 400, "invalid_json", None),
+    (b'{"model": "gpt-test"}', 400, "missing_required_parameter", "messages"),
+    (b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "missing_required_parameter", "model"),
+    (b'{"model": 42, "messages": []}', 400, "invalid_type", "model"),
+    (b'{"model": "gpt-test", "messages": "hi"}', 400, "invalid_type", "messages"),
+    (b'{"model": "gpt-test", "messages": []}', 400, "invalid_value", "messages"),
+    (b'{"model": "gpt-test", "messages": [{"content": "hi"}]}', 400, "invalid_type", "messages[0].role"),
+    (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', 400,
+     "invalid_type", "stream"),
+    (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', 400,
+     "invalid_type", "temperature"),
+    (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1.5}', 400,
+     "invalid_type", "max_tokens"),
+    (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, "invalid_encoding", None),
+    (b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}', 404, "model_not_found", "model"),
+])
+async def test_bad_bodies(srv, caplog, data, status, code, param):
+    caplog.set_level(logging.DEBUG)
+    got, body = await _post(base(srv), data)
+    assert got == status
+    _assert_openai_error(body, code)
+    assert body["error"]["param"] == param
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+async def test_unknown_model_lists_available(srv):
+    _, body = await _post(base(srv), b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}')
+    assert "gpt-test" in body["error"]["message"] and "local/small" in body["error"]["message"]
+
+
+async def test_body_over_max_body_is_413(srv, caplog):
+    big = b'{"model": "gpt-test", "messages": [{"role": "user", "content": "' + b"x" * (10 * 1024 * 1024) + b'"}]}'
+    status, body = await _post(base(srv), big)
+    assert status == 413
+    _assert_openai_error(body, "request_too_large")
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_unsupported_content_type_is_415(srv):
+    status, body = await _post(base(srv), b"model=gpt-test", {"content-type": "application/x-www-form-urlencoded"})
+    assert status == 415
+    _assert_openai_error(body, "unsupported_media_type")
+
+
+async def test_header_of_64kb_is_a_clean_4xx(srv, caplog):
+    status, body = await _post(base(srv), GOOD, {"x-big": "a" * 64 * 1024})
+    assert status == 431
+    _assert_openai_error(body, "request_header_too_large")
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_unknown_path_and_method_are_openai_shaped(srv):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(base(srv) + "/v1/nothing-here") as r:
+            assert r.status == 404
+            _assert_openai_error(await r.json())
+        async with s.get(base(srv) + "/v1/chat/completions") as r:
+            assert r.status == 405
+            _assert_openai_error(await r.json(), "method_not_allowed")
+
+
+async def test_auth_missing_wrong_bearer_and_x_api_key(srv):
+    async with aiohttp.ClientSession() as s:
+        for headers, status, code in [
+            ({}, 401, "invalid_api_key"),
+            ({"authorization": "Bearer wrong-key"}, 401, "invalid_api_key"),
+            ({"x-api-key": "wrong-key"}, 401, "invalid_api_key"),
+            ({"x-api-key": "key-all-123456"}, 200, None),
+            ({"authorization": "Bearer key-ci-123456"}, 403, "model_not_allowed"),  # glob local/* only
+        ]:
+            async with s.post(base(srv) + "/v1/chat/completions", data=GOOD,
+                              headers={"content-type": "application/json", **headers}) as r:
+                assert r.status == status, headers
+                if code:
+                    _assert_openai_error(await r.json(), code)
+    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="key-ci-123456", max_retries=0)
+    ok = await client.chat.completions.create(model="local/small", messages=[{"role": "user", "content": "x"}])
+    assert ok.model == "local/small"
+    with pytest.raises(openai.PermissionDeniedError):
+        await client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.AuthenticationError):
+        bad = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="nope", max_retries=0)
+        await bad.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "x"}])
+
+
+async def test_keys_never_logged(srv, caplog):
+    caplog.set_level(logging.DEBUG)
+    await _post(base(srv), GOOD)
+    await _post(base(srv), GOOD, {"authorization": "Bearer key-guess-999"})
+    text = "\n".join(r.getMessage() + str(getattr(r, "fields", "")) for r in caplog.records)
+    assert "key-all-123456" not in text and "key-guess-999" not in text
+
+
+async def test_admin_api_needs_token(srv):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(base(srv) + "/admin/") as r:
+            assert r.status == 401
+            _assert_openai_error(await r.json())
+        async with s.get(base(srv) + "/admin/", headers={"authorization": "Bearer key-all-123456"}) as r:
+            assert r.status == 401  # a client key is not the admin token
+        async with s.get(base(srv) + "/admin/", headers={"authorization": "Bearer admin-secret-1"}) as r:
+            assert r.status == 200
+            status = await r.json()
+        assert status["spec"]["digest"] == srv.state.table.digest
+        assert {b["name"]: b["state"] for b in status["backends"]} == {"up": "configured"}
+        assert status["auth"] == {"open": False, "keys": 2}
+        assert "admin-secret-1" not in str(status) and "key-ci-123456" not in str(status)
