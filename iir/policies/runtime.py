@@ -85,6 +85,11 @@ def open_policies(get_table: Callable[[], RoutingTable] | None = None, *,
         services.tokens.load()
         app[POLICIES] = services
         task: asyncio.Task[None] | None = None
+        warm: asyncio.Future[object] | None = None
+        prepare = getattr(services.semantic, "prepare_async", None)
+        if get_table is not None and prepare is not None:
+            # load the embedding model and embed the examples now, not on the first request
+            warm = asyncio.ensure_future(prepare(get_table()))
         if get_table is not None:
             def backends() -> Mapping[str, Backend]:
                 return get_table().backends
@@ -93,10 +98,11 @@ def open_policies(get_table: Callable[[], RoutingTable] | None = None, *,
         try:
             yield
         finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            for t in (task, warm):
+                if t is not None:
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, RuntimeError, OSError):
+                        await t
             await services.close()
             close = getattr(services.semantic, "close", None)
             if close is not None:
