@@ -9,7 +9,6 @@ import click
 
 from iir.cmd.spec import echo_diagnostics
 from iir.compile.build import build_table
-from iir.compile.registry import Registry, RegistryError
 from iir.errors import ConfigError
 
 __all__ = ["commands"]
@@ -31,6 +30,8 @@ def db() -> None:
 @DB_OPTION
 def migrate(db_path: str | None) -> None:
     """Create the registry or bring its schema up to date (sqlite-utils migrations)."""
+    from iir.compile.registry import Registry, RegistryError  # sqlite-utils: imported only when needed
+
     path = _db(db_path)
     try:
         with Registry(path, migrate=False) as reg:
@@ -51,6 +52,8 @@ def migrate(db_path: str | None) -> None:
 def seed(files: tuple[str, ...], db_path: str | None) -> None:
     """Compile each spec FILE into the registry, in order; the last valid one is the active
     snapshot. Exit 1 if any file is invalid (the others are still stored)."""
+    from iir.compile.registry import Registry, RegistryError  # sqlite-utils: imported only when needed
+
     path = _db(db_path)
     failed = False
     try:
@@ -74,6 +77,8 @@ def seed(files: tuple[str, ...], db_path: str | None) -> None:
 @DB_OPTION
 def snapshots(db_path: str | None) -> None:
     """List the stored snapshots, newest first (* marks the active one)."""
+    from iir.compile.registry import Registry, RegistryError  # sqlite-utils: imported only when needed
+
     try:
         with Registry(_db(db_path)) as reg:
             for s in reg.snapshots():

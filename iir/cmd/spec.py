@@ -16,7 +16,6 @@ import click
 import orjson
 
 from iir.compile.build import Built, build_table
-from iir.compile.registry import Registry, RegistryError
 from iir.errors import ConfigError, Diagnostic
 from iir.plugins.matching import candidates, features_from_body, match_route
 from iir.spec.schema import spec_json_schema_text, spec_markdown
@@ -93,6 +92,8 @@ def validate(files: tuple[str, ...], fmt: str) -> None:
 def compile_cmd(file: str, db_path: str | None) -> None:
     """Validate and compile FILE (default iir.yaml) and store it as the active snapshot of the
     SQLite registry, in one transaction. Prints what was compiled."""
+    from iir.compile.registry import Registry, RegistryError  # sqlite-utils: imported only when needed
+
     built = build_or_exit(file)
     table = built.table
     path = db_path or table.state.registry
