@@ -15,16 +15,8 @@ import pytest
 from aiohttp import web
 
 from iir.compile.build import build_table
-from iir.pipeline import auth, cache, parse, ratelimit, relay, route, select
-from iir.pipeline.chain import RESOURCES
-from iir.policies.runtime import open_policies
 from iir.server.app import create_app
 from iir.server.state import TableState
-
-POLICY_STAGES = (
-    parse.make_stage, auth.make_stage, ratelimit.make_stage, route.make_stage,
-    ratelimit.make_route_stage, cache.make_stage, select.make_stage, relay.make_stage,
-)
 
 
 @dataclass
@@ -100,8 +92,7 @@ async def start_router(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         env = {"SQLITE_DB_PATH": str(tmp_path / "iir.db"), **(env or {})}
         built = build_table(path, env)
         state = TableState(path=path, built=built, env=lambda: env)
-        app = create_app(state, stages=POLICY_STAGES,
-                         resources=(*RESOURCES, open_policies()), watch=False)
+        app = create_app(state, watch=False)  # the router's own stages and resources (chain.py)
         runner, url = await _serve(app)
         runners.append(runner)
         return url, app

@@ -1,0 +1,126 @@
+"""Rate limits and shared state through real router instances (one Redis, two routers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import openai
+import pytest
+
+from tests.policies.test_store_ratelimit import own_redis  # noqa: F401 - fixture
+
+SPEC = """
+version: 1
+state: {{store: {store}, redis_url: "{redis}", fail_mode: {fail}}}
+auth:
+  keys:
+    - {{name: ci, key: "${{IIR_KEY_CI}}", limits: [{limit}]}}
+backends:
+  up: {{kind: openai-compatible, url: "{url}/v1", models: [m1]}}
+routes:
+  - name: all
+    match: {{model: m1}}
+    to: [up]
+policies:
+  cache: {{ttl: 5m}}
+  limits:
+    per-key: {{per: key, requests: 60/min}}
+    tokens: {{per: key, tokens: 1000/min}}
+"""
+ENV = {"IIR_KEY_CI": "sk-test-ci"}
+HEADERS = {"Authorization": "Bearer sk-test-ci"}
+
+
+def spec(url: str, redis: str, *, limit: str = "per-key", store: str = "redis", fail: str = "open") -> str:
+    return SPEC.format(url=url, redis=redis, limit=limit, store=store, fail=fail)
+
+
+async def post(session: aiohttp.ClientSession, base: str, body: dict) -> tuple[int, dict, bytes]:
+    async with session.post(f"{base}/v1/chat/completions", json=body, headers=HEADERS,
+                            timeout=aiohttp.ClientTimeout(total=20)) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+async def test_two_routers_share_the_request_limit_and_the_cache(upstream, start_router, redis_url):
+    a, _ = await start_router(spec(upstream.url, redis_url), ENV)
+    b, _ = await start_router(spec(upstream.url, redis_url), ENV)
+    body = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as s:
+        sem = asyncio.Semaphore(16)
+
+        async def one(i: int) -> int:
+            async with sem:
+                return (await post(s, a if i % 2 else b, body))[0]
+
+        statuses = await asyncio.gather(*(one(i) for i in range(120)))
+        assert set(statuses) <= {200, 429}
+        assert 58 <= statuses.count(200) <= 62, statuses.count(200)
+        status, headers, raw = await post(s, a, body)
+        assert status == 429
+        assert int(headers["Retry-After"]) >= 1
+        assert headers["x-ratelimit-limit-requests"] == "60"
+        assert headers["x-ratelimit-remaining-requests"] == "0"
+        assert b'"rate_limit_error"' in raw and b'"rate_limit_exceeded"' in raw
+
+
+async def test_cache_entry_from_one_router_hits_on_the_other(upstream, start_router, redis_url):
+    a, _ = await start_router(spec(upstream.url, redis_url), ENV)
+    b, _ = await start_router(spec(upstream.url, redis_url), ENV)
+    body = {"model": "m1", "messages": [{"role": "user", "content": "shared"}], "temperature": 0}
+    async with aiohttp.ClientSession() as s:
+        _, h1, _ = await post(s, a, body)
+        _, h2, _ = await post(s, b, body)
+    assert (h1["x-iir-cache"], h2["x-iir-cache"]) == ("miss", "hit")
+    assert upstream.calls == 1
+
+
+async def test_429_in_the_openai_sdk(upstream, start_router, redis_url):
+    base, _ = await start_router(spec(upstream.url, redis_url), ENV)
+    client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="sk-test-ci", max_retries=0, timeout=20)
+    for _ in range(60):
+        await client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.RateLimitError) as e:
+        await client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 429
+    assert e.value.response.headers["retry-after"]
+    assert e.value.code == "rate_limit_exceeded"
+    await client.close()
+
+
+async def test_token_limit_rejects_then_reconciles(upstream, start_router, redis_url):
+    base, _ = await start_router(spec(upstream.url, redis_url, limit="tokens"), ENV)
+    big = {"model": "m1", "messages": [{"role": "user", "content": "lorem ipsum dolor " * 400}]}
+    mid = {"model": "m1", "messages": [{"role": "user", "content": "word " * 600}]}  # ~600 tokens
+    async with aiohttp.ClientSession() as s:
+        status, headers, raw = await post(s, base, big)  # estimate > 1000: never fits
+        assert status == 429 and b"too large" in raw.lower()
+        assert headers["x-ratelimit-limit-tokens"] == "1000"
+        assert upstream.calls == 0
+        status, headers, _ = await post(s, base, mid)
+        assert status == 200
+        # the real usage (the upstream reports 11 tokens) replaced the ~600 reserved,
+        # so another ~600-token request fits in the same minute
+        status, headers, _ = await post(s, base, mid)
+        assert status == 200, "reservation was not reconciled with the real usage"
+        assert upstream.calls == 2
+
+
+@pytest.mark.parametrize("fail", ["open", "closed"])
+async def test_redis_killed_mid_test(upstream, start_router, own_redis, fail):  # noqa: F811
+    proc, url = own_redis
+    base, _ = await start_router(spec(upstream.url, url, fail=fail), ENV)
+    cached = {"model": "m1", "messages": [{"role": "user", "content": "c"}], "temperature": 0}
+    async with aiohttp.ClientSession() as s:
+        assert (await post(s, base, cached))[0] == 200
+        proc.kill()
+        proc.wait(timeout=10)
+        for _ in range(10):
+            status, headers, raw = await asyncio.wait_for(post(s, base, cached), 10)
+            if fail == "open":
+                assert status == 200, raw
+            else:
+                assert status == 503 and b"state_store_unavailable" in raw
+                assert headers["Retry-After"] == "1"
+    if fail == "open":
+        assert upstream.calls == 11  # cache bypassed while Redis is down, requests still served
