@@ -14,6 +14,9 @@ from iir.server import metrics_api
 from tests.conftest import free_port
 
 from .promtext import value
+from .serving import serve, stop, wait_ready
+from .test_router_traffic import ENV, KEY_CI, MESSAGES, write_spec
+from .upstream import USAGE, upstream
 
 WORKER = Path(__file__).with_name("multiworker_app.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -80,3 +83,41 @@ async def test_two_workers_totals_equal_requests_sent() -> None:
             _stop(procs)
     assert not os.path.exists(mpdir)
     assert metrics_api.ENV_VAR not in os.environ
+
+
+async def test_iir_serve_two_workers_totals_equal_requests_sent(tmp_path: Path) -> None:
+    """The real ``iir serve --workers 2``: both workers serve, any scrape counts all requests."""
+    sent = 30
+    async with upstream() as up:
+        spec = write_spec(tmp_path, up.url)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        proc = serve(spec, port, tmp_path, ENV, workers=2)
+        head: list[str] = []
+        try:
+            head = await wait_ready(base, proc, workers=2)
+            headers = {"Authorization": f"Bearer {KEY_CI}"}
+            body = {"model": "tiny", "messages": MESSAGES}
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                             timeout=aiohttp.ClientTimeout(total=20)) as s:
+                for _ in range(sent):
+                    async with s.post(f"{base}/v1/chat/completions", json=body, headers=headers) as r:
+                        assert r.status == 200, await r.text()
+                scrapes = [await (await s.get(f"{base}/metrics")).text() for _ in range(6)]
+            (mpdir,) = tmp_path.glob("iir-metrics-*")  # the run's PROMETHEUS_MULTIPROC_DIR
+            writers = {f.name.rsplit("_", 1)[1] for f in mpdir.glob("counter_*.db")}
+            assert len(writers) == 2, "both workers must have served requests"
+            for text in scrapes:
+                assert value(text, "iir_requests_total", model="tiny", route="direct", backend="good",
+                             status="200") == sent
+                assert value(text, "iir_request_duration_seconds_count") == sent
+                assert value(text, "iir_tokens_total", type="prompt") == sent * USAGE["prompt_tokens"]
+                assert value(text, "iir_requests_in_flight") == 0
+                assert value(text, "iir_config_reloads_total", result="success") == 2  # one load per worker
+        finally:
+            out, err = stop(proc)
+            out = "".join(head) + out
+    assert proc.returncode == 0, err
+    assert up.calls["good"] == sent
+    assert not list(tmp_path.glob("iir-metrics-*")), "the multiprocess directory is removed on exit"
+    assert sum(1 for line in out.splitlines() if '"event":"request"' in line) == sent
