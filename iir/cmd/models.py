@@ -39,7 +39,7 @@ def models() -> None:
 def list_models(spec_path: str, fmt: str) -> None:
     """List every model a backend declares: backend, kind, upstream name, context window, price."""
     table = build_or_exit(spec_path).table
-    rows = []
+    rows: list[dict[str, Any]] = []
     for b in table.backends.values():
         for name in b.models:
             price = b.prices.get(name)
@@ -51,10 +51,10 @@ def list_models(spec_path: str, fmt: str) -> None:
         return
     click.echo(f"{'MODEL':<28} {'BACKEND':<16} {'KIND':<18} {'UPSTREAM':<28} {'CONTEXT':>8}  PRICE in/out $/M")
     for r in rows:
-        price = f"{r['price'][0]:g}/{r['price'][1]:g}" if r["price"] else "-"
+        shown = f"{r['price'][0]:g}/{r['price'][1]:g}" if r["price"] else "-"
         ctx = str(r["context_window"] or "-")
         flag = "" if r["configured"] else "  (unconfigured)"
-        click.echo(f"{r['model']:<28} {r['backend']:<16} {r['kind']:<18} {r['upstream']:<28} {ctx:>8}  {price}{flag}")
+        click.echo(f"{r['model']:<28} {r['backend']:<16} {r['kind']:<18} {r['upstream']:<28} {ctx:>8}  {shown}{flag}")
 
 
 def _price(price_in: float | None, price_out: float | None) -> tuple[float, float] | None:

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from iir import table as t
-from iir.spec.presets import PRESETS
 from iir.spec import models as m
+from iir.spec.presets import PRESETS
 from iir.spec.units import parse_duration
 
 __all__ = ["compile_spec", "table_to_dict"]
@@ -120,9 +120,9 @@ def compile_spec(spec: m.Spec, env: Mapping[str, str], source: str = "iir.yaml")
     )
     keys = {}
     for k in spec.auth.keys:
-        digest = _sha(_secret(k.key))
-        if digest is not None:
-            keys[digest] = t.ClientKey(k.name, tuple(k.models), None if "*" in k.models else t.compile_globs(tuple(k.models)), tuple(k.limits))
+        key_digest = _sha(_secret(k.key))
+        if key_digest is not None:
+            keys[key_digest] = t.ClientKey(k.name, tuple(k.models), None if "*" in k.models else t.compile_globs(tuple(k.models)), tuple(k.limits))
     auth = t.AuthTable(_sha(_secret(spec.auth.admin_token)), MappingProxyType(keys))
     ag = spec.agents
     agents = t.AgentPolicy(_sha(_secret(ag.token)), ag.heartbeat_timeout, tuple(ag.allow_networks),

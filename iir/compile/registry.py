@@ -44,19 +44,19 @@ MIGRATIONS = Migrations("iir")
 
 @MIGRATIONS()
 def m001_initial(db: Database) -> None:
-    db["snapshots"].create({"id": int, "digest": str, "source_path": str, "source_text": str,
+    db.table("snapshots").create({"id": int, "digest": str, "source_path": str, "source_text": str,
                             "compiled": str, "created_at": str, "active": int}, pk="id")
-    db["snapshots"].create_index(["digest"])
-    db["snapshots"].create_index(["active"])
-    db["backends"].create({"snapshot_id": int, "name": str, "position": int, "kind": str, "protocol": str,
+    db.table("snapshots").create_index(["digest"])
+    db.table("snapshots").create_index(["active"])
+    db.table("backends").create({"snapshot_id": int, "name": str, "position": int, "kind": str, "protocol": str,
                            "base_url": str, "models": str, "context_window": int, "max_inflight": int,
                            "capabilities": str, "weight": float, "configured": int, "unconfigured_reason": str},
                           pk="name")
-    db["models"].create({"snapshot_id": int, "name": str, "backend": str, "upstream": str, "context_window": int,
+    db.table("models").create({"snapshot_id": int, "name": str, "backend": str, "upstream": str, "context_window": int,
                          "price_input": float, "price_output": float}, pk=("name", "backend"))
-    db["routes"].create({"snapshot_id": int, "position": int, "name": str, "match": str, "targets": str,
+    db.table("routes").create({"snapshot_id": int, "position": int, "name": str, "match": str, "targets": str,
                          "by_model": int, "strategy": str, "cache": int, "limits": str}, pk="position")
-    db["agents"].create({"id": str, "url": str, "models": str, "context_window": int, "capabilities": str,
+    db.table("agents").create({"id": str, "url": str, "models": str, "context_window": int, "capabilities": str,
                          "registered_at": float, "last_heartbeat": float, "state": str, "load": str}, pk="id")
 
 
@@ -158,30 +158,32 @@ class Registry:
             with self.db.atomic():
                 self.db.execute("UPDATE snapshots SET active = 0 WHERE active = 1")
                 step("deactivated")
-                snap_id = self.db["snapshots"].insert({
+                row_id = self.db.table("snapshots").insert({
                     "digest": table.digest, "source_path": source_path or table.source, "source_text": source_text,
-                    "compiled": _json(compiled), "created_at": now, "active": 1}).last_pk
+                    "compiled": _json(compiled), "created_at": now, "active": 1}).last_rowid
+                assert row_id is not None
+                snap_id = int(row_id)
                 step("snapshot")
-                self._replace_rows(int(snap_id), table, step)
+                self._replace_rows(snap_id, table, step)
                 self.db.execute(
                     "DELETE FROM snapshots WHERE active = 0 AND id NOT IN "
                     "(SELECT id FROM snapshots ORDER BY id DESC LIMIT ?)", [keep])
                 step("pruned")
         except sqlite3.Error as e:
             raise RegistryError(f"cannot write registry {self.path}: {e}") from None
-        return int(snap_id)
+        return snap_id
 
     def _replace_rows(self, snap_id: int, table: RoutingTable, step: Callable[[str], None]) -> None:
         for name in ("backends", "models", "routes"):
             self.db.execute(f"DELETE FROM {name}")
-        self.db["backends"].insert_all([
+        self.db.table("backends").insert_all([
             {"snapshot_id": snap_id, "name": b.name, "position": i, "kind": b.kind, "protocol": b.protocol,
              "base_url": b.base_url, "models": _json(list(b.models)), "context_window": b.context_window,
              "max_inflight": b.max_inflight, "capabilities": _json(sorted(b.capabilities)), "weight": b.weight,
              "configured": int(b.configured), "unconfigured_reason": b.unconfigured_reason}
             for i, b in enumerate(table.backends.values())])
         step("backends")
-        self.db["models"].insert_all([
+        self.db.table("models").insert_all([
             {"snapshot_id": snap_id, "name": model, "backend": b.name, "upstream": b.upstream_model(model),
              "context_window": b.context_window,
              "price_input": b.prices[model][0] if model in b.prices else None,
@@ -189,7 +191,7 @@ class Registry:
             for b in table.backends.values() for model in b.models])
         step("models")
         routes = table_to_dict(table, secrets="omit")["routes"]
-        self.db["routes"].insert_all([
+        self.db.table("routes").insert_all([
             {"snapshot_id": snap_id, "position": i, "name": r["name"], "match": _json(r["match"]),
              "targets": _json(r["targets"]), "by_model": int(r["by_model"]), "strategy": r["strategy"],
              "cache": int(r["cache"]), "limits": _json(r["limits"])}
@@ -201,15 +203,15 @@ class Registry:
                         orjson.loads(row["compiled"]))
 
     def active_snapshot(self) -> Snapshot | None:
-        rows = list(self.db["snapshots"].rows_where("active = 1", order_by="id desc", limit=1))
+        rows = list(self.db.table("snapshots").rows_where("active = 1", order_by="id desc", limit=1))
         return self._snapshot(rows[0]) if rows else None
 
     def snapshots(self) -> list[Snapshot]:
         """All retained snapshots, newest first."""
-        return [self._snapshot(r) for r in self.db["snapshots"].rows_where(order_by="id desc")]
+        return [self._snapshot(r) for r in self.db.table("snapshots").rows_where(order_by="id desc")]
 
     def source_of(self, snapshot_id: int) -> str | None:
-        rows = list(self.db["snapshots"].rows_where("id = ?", [snapshot_id], select="source_text"))
+        rows = list(self.db.table("snapshots").rows_where("id = ?", [snapshot_id], select="source_text"))
         return rows[0]["source_text"] if rows else None
 
     def rows(self, table: str) -> list[dict[str, Any]]:
@@ -217,7 +219,7 @@ class Registry:
         if table not in ("backends", "models", "routes"):
             raise ValueError(f"not a registry row table: {table}")
         order = {"backends": "position", "models": "backend, name", "routes": "position"}[table]
-        return list(self.db[table].rows_where(order_by=order))
+        return list(self.db.table(table).rows_where(order_by=order))
 
     # -- agents -----------------------------------------------------------------------------
     def upsert_agent(self, agent_id: str, url: str, models: Iterable[str], *, context_window: int | None = None,
@@ -228,7 +230,7 @@ class Registry:
         at = time.time() if now is None else now
         with self.db.atomic():
             existing = self.get_agent(agent_id)
-            self.db["agents"].upsert({
+            self.db.table("agents").upsert({
                 "id": agent_id, "url": url, "models": _json(list(models)), "context_window": context_window,
                 "capabilities": _json(sorted(set(capabilities))),
                 "registered_at": existing.registered_at if existing else at, "last_heartbeat": at,
@@ -265,13 +267,13 @@ class Registry:
         return cur.rowcount > 0
 
     def get_agent(self, agent_id: str) -> AgentRecord | None:
-        rows = list(self.db["agents"].rows_where("id = ?", [agent_id]))
+        rows = list(self.db.table("agents").rows_where("id = ?", [agent_id]))
         return _agent(rows[0]) if rows else None
 
     def list_agents(self, *, state: str | None = None) -> list[AgentRecord]:
         """All agents (or those in ``state``), by id."""
         where, args = ("state = ?", [state]) if state else (None, [])
-        return [_agent(r) for r in self.db["agents"].rows_where(where, args, order_by="id")]
+        return [_agent(r) for r in self.db.table("agents").rows_where(where, args, order_by="id")]
 
 
 def _check_state(state: str) -> None:

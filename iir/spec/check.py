@@ -136,7 +136,7 @@ def _is_glob(pattern: str) -> bool:
 
 
 def _only_model(mt: m.Match) -> bool:
-    return mt.model_copy(update={"model": []}) == m.Match()
+    return mt.model_copy(update={"model": []}) == m.Match.model_validate({})
 
 
 def _covers(earlier: list[str], later: list[str]) -> bool:

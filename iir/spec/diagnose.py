@@ -196,7 +196,7 @@ def pydantic_diagnostics(err: ValidationError, root: type[BaseModel], data: Any,
         merged.setdefault((path, is_key), [])
         if msg not in merged[(path, is_key)]:
             merged[(path, is_key)].append(msg)
-    out = []
+    out: list[Diagnostic] = []
     for (path, is_key), msgs in merged.items():
         line, col = locate(path, key=is_key)
         if len(msgs) > 1 and all(m.startswith("expected ") for m in msgs):

@@ -18,7 +18,7 @@ from pydantic_core import PydanticUndefined
 from iir.spec.models import Spec
 from iir.spec.units import parse_duration, parse_rate, parse_size
 
-__all__ = ["SCHEMA_ID", "missing_descriptions", "spec_json_schema", "spec_markdown", "spec_models"]
+__all__ = ["SCHEMA_ID", "missing_descriptions", "spec_json_schema", "spec_json_schema_text", "spec_markdown", "spec_models"]
 
 SCHEMA_ID = "https://iir.dev/schema/iir.schema.json"
 _UNITS = {parse_duration: "duration", parse_size: "size", parse_rate: "rate"}
