@@ -139,3 +139,25 @@ async def test_backend_failure_is_an_anthropic_api_error(client: anthropic.Async
     with pytest.raises(anthropic.InternalServerError) as e:
         await client.messages.create(model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert e.value.status_code == 502 and e.value.body["error"]["type"] == "api_error"
+
+
+CACHED_SPEC = SPEC + """
+policies:
+  cache: {{ttl: 5m}}
+"""
+
+
+async def test_cache_hits_are_answered_in_anthropic_shape(start_router: Callable[..., Any],
+                                                          openai_up: FakeProvider) -> None:
+    openai_up.answer("openai/chat_completion.json")
+    url = await start_router(CACHED_SPEC.format(url=openai_up.url), {"TEAM_KEY": "sk-team"})
+    ask: dict[str, Any] = {"model": "gpt-4o-mini", "max_tokens": 64, "extra_body": {"temperature": 0},
+                           "messages": [{"role": "user", "content": "Hello"}]}
+    async with anthropic.AsyncAnthropic(base_url=url, api_key="sk-team", max_retries=0, timeout=15) as client:
+        first = await client.messages.create(**ask)
+        again = await client.messages.with_raw_response.create(**ask)
+        async with client.messages.stream(**ask) as stream:
+            streamed = "".join([t async for t in stream.text_stream])
+    assert again.headers.get("x-iir-cache") == "hit"
+    assert (await again.parse()).content[0].text == first.content[0].text == streamed == "Hello! How can I assist you today?"
+    assert len(openai_up.requests) == 1
