@@ -38,7 +38,7 @@ def _read_by_code() -> dict[str, str]:
     for preset in PRESETS.values():
         for name in (preset.key_env, preset.url_env):
             if name:
-                found.setdefault(name, "iir/backends/presets.py")
+                found.setdefault(name, "iir/spec/presets.py")
     for spec in [ROOT / "iir.yaml", *sorted((ROOT / "examples").glob("*.yaml"))]:
         for m in _SPEC_REF.finditer(spec.read_text()):
             found.setdefault(m.group(1), str(spec.relative_to(ROOT)))
