@@ -62,15 +62,16 @@ class RegistrationClient:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         self._task = asyncio.create_task(self._run(), name="iir-agent-registration")
 
-    async def stop(self) -> None:
-        """Stop heartbeating and deregister (best effort, bounded in time)."""
+    async def stop(self, *, deregister: bool = True) -> None:
+        """Stop heartbeating and deregister (best effort, bounded in time). ``deregister=False``
+        just goes silent: the router marks the agent stale after its heartbeat timeout."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._session is None:
             return
-        if self.agent_id is not None:
+        if self.agent_id is not None and deregister:
             try:
                 async with self._session.post(f"{self.router_url}/deregister", json={"id": self.agent_id},
                                               headers=self._headers) as resp:

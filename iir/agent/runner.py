@@ -49,14 +49,18 @@ def registration_body(config: AgentConfig, engine: Engine, url: str) -> dict[str
 async def serve_agent(config: AgentConfig, *, engine: Engine | None = None,
                       on_ready: Callable[[str], None] | None = None,
                       stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set (or SIGINT/SIGTERM). Raises EngineStartError if the model cannot load."""
+    """Serve until ``stop`` is set (or SIGINT/SIGTERM). Raises EngineStartError if the model cannot load.
+
+    A caller that passes ``engine`` owns it: it must be started already and is not closed here."""
+    owned = engine is None
     engine = engine or build_engine(config)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await engine.start()
+    if owned:
+        await engine.start()
     runner: web.AppRunner | None = None
     registration: RegistrationClient | None = None
     try:
@@ -87,7 +91,8 @@ async def serve_agent(config: AgentConfig, *, engine: Engine | None = None,
             await registration.stop()
         if runner is not None:
             await runner.cleanup()
-        await engine.close()
+        if owned:
+            await engine.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
