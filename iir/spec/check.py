@@ -10,7 +10,7 @@ does not list; an empty prompt-token range; ``store: redis`` with no Redis URL.
 
 Warnings: routes that can never match (shadowed by an earlier catch-all or an earlier rule
 with the same or a wider model condition and no other conditions); ``by-model`` routes for an
-exact model no backend declares; fallbacks to a smaller context window; prompt ranges larger
+exact model no backend declares; client keys allowing models nothing serves; fallbacks to a smaller context window; prompt ranges larger
 than a target's window; backends nothing routes to; unconfigured backends; prices for
 unlisted models; the same backend twice in one fallback list.
 
@@ -171,6 +171,13 @@ def _check_shadowing(spec: m.Spec, smap: SourceMap, diags: list[Diagnostic]) -> 
 
 def _check_auth(spec: m.Spec, smap: SourceMap, diags: list[Diagnostic]) -> None:
     limits = list(spec.policies.limits)
+    declared = {model for b in spec.backends.values() for model in b.models}
+    explicit = [r.match.model for r in spec.routes if r.to != "by-model"]
+
+    def served(model: str) -> bool:
+        return model in declared or any(not pats or any(fnmatch.fnmatchcase(model, p) for p in pats) for pats in explicit)
+
+    known = sorted(declared | {p for pats in explicit for p in pats if not _is_glob(p)})
     names: dict[str, int] = {}
     values: dict[str, int] = {}
     for i, k in enumerate(spec.auth.keys):
@@ -186,6 +193,10 @@ def _check_auth(spec: m.Spec, smap: SourceMap, diags: list[Diagnostic]) -> None:
         for j, lim in enumerate(k.limits):
             if lim not in limits:
                 diags.append(smap.diag((*path, "limits", j), f"unknown limit policy {lim!r}{did_you_mean(lim, limits)}"))
+        for j, model in enumerate(k.models):
+            if not _is_glob(model) and not served(model):
+                diags.append(_warn(smap, (*path, "models", j),
+                                   f"key {k.name!r} allows model {model!r}, which no backend or route serves{did_you_mean(model, known)}"))
 
 
 def _check_state(spec: m.Spec, smap: SourceMap, env: Mapping[str, str], diags: list[Diagnostic]) -> None:
