@@ -33,6 +33,14 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: 
                 429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error", 504: "timeout_error"}
 
 
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 # --------------------------------------------------------------------------- request
 
 
@@ -194,7 +202,7 @@ def to_openai_request(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def _usage(u: Any) -> dict[str, int]:
     u = u if isinstance(u, dict) else {}
-    details = u.get("prompt_tokens_details") if isinstance(u.get("prompt_tokens_details"), dict) else {}
+    details = _as_dict(u.get("prompt_tokens_details"))
     cached = int(details.get("cached_tokens") or 0)
     out = {"input_tokens": max(0, int(u.get("prompt_tokens") or 0) - cached),
            "output_tokens": int(u.get("completion_tokens") or 0)}
@@ -210,8 +218,8 @@ def _message_id() -> str:
 def from_openai_response(doc: Mapping[str, Any], *, model: str) -> dict[str, Any]:
     """An OpenAI ``chat.completion`` as an Anthropic Message (first choice)."""
     choices = doc.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    choice: dict[str, Any] = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message: dict[str, Any] = _as_dict(choice.get("message"))
     content: list[dict[str, Any]] = []
     if message.get("content"):
         content.append({"type": "text", "text": str(message["content"])})
@@ -268,7 +276,7 @@ class AnthropicEgress:
         if not isinstance(doc, dict):
             return orjson.dumps(anthropic_error(502, "the backend answer could not be read"))
         if status >= 400 or "error" in doc:
-            err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
+            err: dict[str, Any] = _as_dict(doc.get("error"))
             return orjson.dumps(anthropic_error(status if status >= 400 else 502,
                                                 str(err.get("message") or "request failed")))
         return orjson.dumps(from_openai_response(doc, model=self.model))
@@ -307,9 +315,9 @@ class AnthropicEgress:
         out = self._start()
         if isinstance(doc.get("usage"), dict):
             self._usage = doc["usage"]
-        choices = doc.get("choices") if isinstance(doc.get("choices"), list) else []
+        choices: list[Any] = _as_list(doc.get("choices"))
         for choice in choices[:1]:
-            delta = choice.get("delta") if isinstance(choice, dict) and isinstance(choice.get("delta"), dict) else {}
+            delta: dict[str, Any] = _as_dict(choice.get("delta")) if isinstance(choice, dict) else {}
             if delta.get("content"):
                 out += self._open("text", {"type": "text", "text": ""})
                 out += _sse("content_block_delta", {"type": "content_block_delta", "index": self._block,
@@ -324,7 +332,7 @@ class AnthropicEgress:
         if self._started:
             return b""
         self._started = True
-        message = {"id": _message_id(), "type": "message", "role": "assistant", "model": self.model, "content": [],
+        message: dict[str, Any] = {"id": _message_id(), "type": "message", "role": "assistant", "model": self.model, "content": [],
                    "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
         return _sse("message_start", {"type": "message_start", "message": message})
 
@@ -347,7 +355,7 @@ class AnthropicEgress:
         if not isinstance(call, dict):
             return b""
         slot = int(call.get("index") or 0)
-        fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+        fn: dict[str, Any] = _as_dict(call.get("function"))
         out = b""
         if slot not in self._tool_slot:
             out += self._open("tool", {"type": "tool_use", "id": str(call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}"),

@@ -29,6 +29,10 @@ ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "bill
                  "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
 
 
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def openai_usage(u: Any) -> dict[str, Any]:
     if not isinstance(u, dict):
         return {}
@@ -126,7 +130,7 @@ class AnthropicStreamTranslator:
         doc = parse_json(data, f"stream event {name or '(unnamed)'!r}")
         kind = doc.get("type") or name
         if kind == "error":
-            err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
+            err: dict[str, Any] = _as_dict(doc.get("error"))
             etype = str(err.get("type") or "api_error")
             raise upstream_http_error(PROVIDER, ERROR_STATUS.get(etype, 500), str(err.get("message") or ""),
                                       upstream_type=etype)

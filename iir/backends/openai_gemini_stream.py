@@ -25,6 +25,10 @@ __all__ = ["PROVIDER", "GeminiStreamTranslator", "candidate_parts", "error_from_
 PROVIDER = "gemini"
 
 
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def finish_reason(reason: str | None, has_calls: bool) -> str | None:
     """OpenAI ``finish_reason`` for a Gemini ``finishReason`` (None: not finished yet)."""
     if not reason:
@@ -112,7 +116,7 @@ def error_from_gemini(status: int, body: bytes, headers: Mapping[str, str] | Non
         doc = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         doc = None
-    err = doc.get("error") if isinstance(doc, dict) and isinstance(doc.get("error"), dict) else {}
+    err: dict[str, Any] = _as_dict(doc.get("error")) if isinstance(doc, dict) else {}
     message = str(err.get("message") or body[:200].decode("utf-8", errors="replace"))
     hdrs = {k.lower(): v for k, v in (headers or {}).items()}
     if "retry-after" not in hdrs and (delay := _retry_delay(err)):
