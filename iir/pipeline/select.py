@@ -26,6 +26,16 @@ __all__ = ["make_stage", "route_backends", "select_candidates", "selection_reque
 AGENTS_TARGET = "agents"
 
 
+def _agents_for(ctx: RequestContext, live_agents: LiveAgents) -> tuple[Backend, ...]:
+    """Live agents for target ``agents``: those serving the requested model; for a model no
+    backend declares (an alias such as ``auto``), every live agent (it runs its own model)."""
+    agents = live_agents(ctx.table, None)
+    serving = tuple(a for a in agents if ctx.model in a.models)
+    if serving or ctx.model in ctx.table.model_index:
+        return serving
+    return agents
+
+
 def route_backends(ctx: RequestContext, live_agents: LiveAgents) -> list[Backend]:
     """The route's backends in order: named targets, ``agents`` expanded, or by-model."""
     table, route = ctx.table, ctx.route
@@ -39,7 +49,7 @@ def route_backends(ctx: RequestContext, live_agents: LiveAgents) -> list[Backend
         return list(out.values())
     for target in route.targets:
         if target == AGENTS_TARGET:
-            for agent in live_agents(table, None if route.match.any_model else ctx.model):
+            for agent in _agents_for(ctx, live_agents):
                 out.setdefault(agent.name, agent)
         elif target in table.backends:
             out.setdefault(target, table.backends[target])
@@ -96,7 +106,7 @@ def select_candidates(ctx: RequestContext, live_agents: LiveAgents,
     backends = route_backends(ctx, live_agents)
     dropped = {b.name: r for b in backends if (r := _drop_reason(ctx, b, adapters))}
     strategy = ctx.route.strategy if ctx.route is not None else "priority"
-    health = policies.health if policies is not None else None
+    health = policies.health_for(ctx.table) if policies is not None else None
     chosen = select(backends, selection_request(ctx, policies.tokens if policies else None), strategy, health,
                     dropped=dropped)
     if ctx.route is not None:

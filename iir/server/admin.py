@@ -13,6 +13,7 @@ from aiohttp import web
 from iir.errors import AuthenticationError, PermissionDeniedError
 from iir.pipeline.auth import admin_allowed, presented_key
 from iir.pipeline.services import SERVICES
+from iir.policies.runtime import POLICIES
 from iir.server.handlers import error_response
 from iir.server.state import TABLE_STATE
 
@@ -42,13 +43,23 @@ async def status(request: web.Request) -> web.Response:
         return denied
     state = request.app[TABLE_STATE]
     table = state.table
+    policies = request.app.get(POLICIES)
+    health = policies.health if policies is not None else None
+
+    def circuit(name: str) -> dict[str, object] | None:
+        if health is None:
+            return None
+        s = health.stats(name)
+        return {"circuit": s.state, "inflight": s.inflight}
+
     backends = [{"name": b.name, "kind": b.kind, "protocol": b.protocol, "url": b.base_url, "models": list(b.models),
                  "state": "configured" if b.configured else "unconfigured",
-                 "reason": b.unconfigured_reason or None}
+                 "reason": b.unconfigured_reason or None, "health": circuit(b.name)}
                 for b in table.backends.values()]
     for agent in request.app[SERVICES].live_agents(table, None):
         backends.append({"name": agent.name, "kind": agent.kind, "protocol": agent.protocol, "url": agent.base_url,
-                         "models": list(agent.models), "state": "live", "reason": None})
+                         "models": list(agent.models), "state": "live", "reason": None,
+                         "health": circuit(agent.name)})
     return _json({
         "pid": os.getpid(),
         "spec": {"path": str(state.path), "digest": table.digest, "loaded_at": state.loaded_at},

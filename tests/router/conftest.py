@@ -30,7 +30,7 @@ UPSTREAM_MODEL = "upstream-model-v1"  # what the fake upstream reports: the rout
 class Upstream:
     """A loopback OpenAI-compatible server. Set ``mode`` per test."""
 
-    mode: str = "ok"  # ok | status | hang | break | slow | ok_no_done
+    mode: str = "ok"  # ok | status | hang | delay | break | slow | ok_no_done
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
     error_body: bytes = b'{"error": {"message": "boom from upstream", "type": "server_error"}}'
@@ -83,6 +83,8 @@ class Upstream:
         if self.mode == "status" or (self.mode == "ok" and len(self.requests) <= self.fail_first):
             return web.Response(status=self.status, body=self.error_body, content_type="application/json",
                                 headers=self.headers)
+        if self.mode == "delay":
+            await asyncio.sleep(1.0)
         if self.mode == "hang":
             try:
                 await asyncio.sleep(30)

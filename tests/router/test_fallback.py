@@ -63,7 +63,7 @@ async def test_fallback_on_500(pair):
 
 
 async def test_fallback_on_timeout_before_first_byte(pair):
-    a, b, start = pair
+    a, _b, start = pair
     a.mode = "hang"
     _, client = await start(fb="300ms")
     raw = await _chat(client)

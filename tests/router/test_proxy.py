@@ -37,7 +37,7 @@ async def setup(upstreams, router):
 
 
 async def test_chat_non_streaming_model_rewritten_and_headers(setup):
-    srv, up, _, client = setup
+    _srv, up, _, client = setup
     raw = await client.chat.completions.with_raw_response.create(
         model="gpt-test", messages=[{"role": "user", "content": "hi"}], temperature=0.2,
         tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}], seed=3, n=1,
@@ -166,3 +166,36 @@ async def test_non_stream_body_passthrough_when_model_matches(upstreams, router)
                                                     headers={"content-type": "application/json"}) as r:
         got = await r.read()
     assert got == json.dumps(up._completion({}, "chat")).encode()  # byte for byte, as the upstream sent it
+
+
+AGENTS_SPEC = """
+version: 1
+state: {{registry: "{{registry}}"}}
+agents: {{token: "${{AGENT_TOKEN}}"}}
+backends:
+  fallback: {{kind: openai-compatible, url: "{up}", models: [gpt-test]}}
+routes:
+  - name: on-device
+    match: {{model: auto}}
+    to: [agents, fallback]
+"""
+
+
+async def test_registered_agent_serves_route_target_agents(upstreams, router):
+    up = await upstreams()
+    agent = await upstreams("agent")
+    srv = await router(AGENTS_SPEC.format(up=up.url), env={"AGENT_TOKEN": "agent-token-1"})
+    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="unused", max_retries=0)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-iir-backend"] == "fallback"  # no agent registered yet
+    async with aiohttp.ClientSession() as s, s.post(
+            base(srv) + "/register", json={"url": agent.url, "models": ["tiny"], "name": "laptop"},
+            headers={"authorization": "Bearer agent-token-1"}) as r:
+        assert r.status == 200, await r.text()
+    raw = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-iir-backend"].startswith("agents/")
+    assert raw.parse().choices[0].message.content == "Hello from the tiny model!"
+    assert raw.parse().model == "auto"
+    await client.close()

@@ -97,15 +97,15 @@ async def test_invalid_edit_keeps_serving_and_reports_line_col(two, caplog):
 
 
 async def test_yaml_syntax_error_reported_with_position(two):
-    srv, write = two
+    srv, _write = two
     srv.state.path.write_text("version: 1\nbackends: {a: [\n")
     report = await srv.state.reload("admin")
-    assert not report.ok and [d for d in report.diagnostics if d.severity == "error"][0].line >= 2
+    assert not report.ok and next(d for d in report.diagnostics if d.severity == "error").line >= 2
     assert srv.state.table.backends.keys() == {"a", "b"}
 
 
 async def test_admin_reload_endpoint(two):
-    srv, write = two
+    srv, _write = two
     async with aiohttp.ClientSession() as s:
         async with s.post(base(srv) + "/admin/reload") as r:
             assert r.status == 200

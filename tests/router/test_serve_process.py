@@ -1,0 +1,150 @@
+"""`iir serve` as a real process: --workers 2 shares one port and every worker reloads;
+SIGHUP reloads; SIGTERM drains in-flight requests and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import free_port
+
+SPEC = """version: 1
+server: {{drain_timeout: 10s}}
+state: {{registry: "{registry}"}}
+backends:
+  a: {{kind: openai-compatible, url: "{a}", models: [m]}}
+  b: {{kind: openai-compatible, url: "{b}", models: [m]}}
+routes:
+  - name: main
+    match: {{model: m}}
+    to: [{target}]
+"""
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _spawn(spec: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IIR_")}
+    return subprocess.Popen([sys.executable, "-m", "iir", "serve", "--spec", str(spec), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", str(workers)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=spec.parent)
+
+
+async def _ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 40) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                async with s.get(url + "/healthz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("router did not start")
+
+
+async def _fresh(url: str, method: str, path: str, **kw) -> tuple[int, dict, dict]:
+    """One request on a new connection (so SO_REUSEPORT may pick another worker)."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s, \
+            s.request(method, url + path, **kw) as r:
+        return r.status, dict(r.headers), await r.json()
+
+
+async def _wait_admin(url: str, ok, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, _, body = await _fresh(url, "GET", "/admin/")
+        if body["last_reload"] and ok(body["last_reload"]):
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"admin never showed the expected reload: {body['last_reload']}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+async def test_two_workers_serve_one_port_and_both_reload(upstreams, tmp_path):
+    a, b = await upstreams(), await upstreams()
+    spec = tmp_path / "iir.yaml"
+
+    def write(target: str) -> None:
+        tmp = tmp_path / "next.yaml"
+        tmp.write_text(SPEC.format(registry=tmp_path / "reg.db", a=a.url, b=b.url, target=target))
+        tmp.replace(spec)
+
+    write("a")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _spawn(spec, port, 2)
+    try:
+        await _ready(url, proc)
+        pids = set()
+        deadline = time.monotonic() + 40  # the second worker may still be starting
+        while len(pids) < 2 and time.monotonic() < deadline:
+            _, _, body = await _fresh(url, "GET", "/admin/")
+            pids.add(body["pid"])
+            await asyncio.sleep(0.01)
+        assert len(pids) == 2, "both workers should accept connections on the shared port"
+        assert proc.pid not in pids  # the parent supervises, workers serve
+        write("b")
+        digests: dict[int, str] = {}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (len(digests) < 2 or
+                                               any(d["last_reload"] is None for d in digests.values())):
+            _, _, body = await _fresh(url, "GET", "/admin/")
+            digests[body["pid"]] = body
+            await asyncio.sleep(0.02)
+        assert set(digests) == pids
+        assert all(d["last_reload"] and d["last_reload"]["ok"] and d["last_reload"]["changed"]
+                   for d in digests.values()), digests
+        assert len({d["spec"]["digest"] for d in digests.values()}) == 1
+        for _ in range(10):
+            status, headers, _ = await _fresh(url, "POST", "/v1/chat/completions", json=CHAT)
+            assert status == 200 and headers["x-iir-backend"] == "b"
+    finally:
+        rc = _stop(proc)
+    assert rc == 0
+
+
+async def test_sighup_reloads_and_sigterm_drains_in_flight(upstreams, tmp_path):
+    a = await upstreams()
+    b = await upstreams()
+    spec = tmp_path / "iir.yaml"
+    spec.write_text(SPEC.format(registry=tmp_path / "reg.db", a=a.url, b=b.url, target="a"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _spawn(spec, port, 1)
+    try:
+        await _ready(url, proc)
+        spec.write_text(spec.read_text().replace("to: [a]", "to: [b]"))
+        body = await _wait_admin(url, lambda r: r["ok"] and r["changed"])  # the watcher applies it
+        proc.send_signal(signal.SIGHUP)
+        body = await _wait_admin(url, lambda r: r["trigger"] == "sighup")
+        assert body["last_reload"]["ok"] and not body["last_reload"]["changed"]
+        b.mode = "delay"  # answers after 1 s: in flight when SIGTERM arrives
+        pending = asyncio.create_task(_fresh(url, "POST", "/v1/chat/completions", json=CHAT))
+        while not b.requests:
+            await asyncio.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        status, headers, body = await pending
+        assert status == 200 and headers["x-iir-backend"] == "b"
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
