@@ -8,7 +8,9 @@ Choices worth knowing:
 - a ``tool`` message becomes a ``functionResponse`` part named after the assistant's call with the
   same id (Gemini matches by name); a JSON-object result is sent as is, anything else as
   ``{"result": ...}``;
-- Gemini gives function calls no id: one is made up (``call_<hex>``) unless Gemini sent one;
+- Gemini gives function calls no id: one is made up (``call_<hex>``) unless Gemini sent one; a
+  ``thoughtSignature`` rides in the id (``<id>__thought__<signature>``) and is restored on the
+  way back, as Gemini 3 requires for function calling;
 - content-filter stops (``SAFETY``, ``RECITATION``, ``PROHIBITED_CONTENT``, ... and a blocked
   prompt) are ``finish_reason: content_filter`` with HTTP 200, as OpenAI does;
 - an invalid key (400 ``API_KEY_INVALID``) is reported like a 401: the router's credential, not the client's request.
@@ -28,6 +30,7 @@ import orjson
 from iir.backends.base import Adapter, ClientRequest, StreamTranslator, UpstreamRequest
 from iir.backends.openai_gemini_stream import (
     PROVIDER,
+    THOUGHT_SEP,
     GeminiStreamTranslator,
     candidate_parts,
     error_from_gemini,
@@ -115,9 +118,13 @@ def _model_parts(msg: dict[str, Any], param: str, names: dict[str, str]) -> list
             raise BadRequestError("tool call arguments must be JSON", param=f"{param}.tool_calls[{j}]") from None
         if not isinstance(args, dict):
             raise BadRequestError("tool call arguments must be a JSON object", param=f"{param}.tool_calls[{j}]")
+        part: dict[str, Any] = {"functionCall": {"name": str(fn["name"]), "args": args}}
         if call.get("id"):
             names[str(call["id"])] = str(fn["name"])
-        parts.append({"functionCall": {"name": str(fn["name"]), "args": args}})
+            _, sep, signature = str(call["id"]).partition(THOUGHT_SEP)
+            if sep and signature:
+                part["thoughtSignature"] = signature
+        parts.append(part)
     return parts
 
 

@@ -19,10 +19,14 @@ from iir.backends.provider_errors import malformed, upstream_http_error
 from iir.backends.sse_reader import SSEDecoder
 from iir.errors import UpstreamError
 
-__all__ = ["PROVIDER", "GeminiStreamTranslator", "candidate_parts", "error_from_gemini", "finish_reason",
+__all__ = ["PROVIDER", "THOUGHT_SEP", "GeminiStreamTranslator", "candidate_parts", "error_from_gemini", "finish_reason",
            "openai_usage", "parse_json"]
 
 PROVIDER = "gemini"
+#: A function call's ``thoughtSignature`` travels inside the OpenAI tool call id, after this
+#: separator, so that the client's next request hands it back to Gemini (required since Gemini 3:
+#: https://ai.google.dev/gemini-api/docs/thought-signatures).
+THOUGHT_SEP = "__thought__"
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
@@ -90,7 +94,10 @@ def candidate_parts(candidate: Any, where: str) -> tuple[str, list[dict[str, Any
             fc = part["functionCall"]
             if not isinstance(fc, dict) or not fc.get("name"):
                 raise malformed(PROVIDER, f"{where}.content.parts[{j}].functionCall without a name")
-            calls.append({"id": str(fc.get("id") or f"call_{uuid.uuid4().hex[:24]}"), "type": "function",
+            call_id = str(fc.get("id") or f"call_{uuid.uuid4().hex[:24]}")
+            if isinstance(part.get("thoughtSignature"), str):  # must come back with the history (Gemini 3+)
+                call_id += THOUGHT_SEP + part["thoughtSignature"]
+            calls.append({"id": call_id, "type": "function",
                           "function": {"name": str(fc["name"]), "arguments": orjson.dumps(fc.get("args") or {}).decode()}})
     return "".join(texts), calls
 

@@ -238,3 +238,24 @@ def test_retry_after_header_wins_over_retry_info() -> None:
     fx = load_json("gemini/error_resource_exhausted.json")
     err = error_from_gemini(429, json.dumps(fx["body"]).encode(), {"Retry-After": "3"})
     assert err.headers["retry-after"] == "3"
+
+
+def test_thought_signature_round_trips_through_the_tool_call_id() -> None:
+    fx = load_json("gemini/generate_function_call_signature.json")
+    signature = fx["candidates"][0]["content"]["parts"][0]["thoughtSignature"]
+    out = from_gemini_response(fx)
+    call = out["choices"][0]["message"]["tool_calls"][0]
+    assert call["id"].endswith("__thought__" + signature)
+    assert out["usage"]["completion_tokens_details"] == {"reasoning_tokens": 40}
+    back = to_gemini_request({"messages": [U, {"role": "assistant", "content": None, "tool_calls": [call]},
+                                           {"role": "tool", "tool_call_id": call["id"], "content": "on time"}]})
+    assert back["contents"][1]["parts"] == [{"functionCall": {"name": "check_flight", "args": {"flight": "AA100"}},
+                                             "thoughtSignature": signature}]
+    assert back["contents"][2]["parts"][0]["functionResponse"]["name"] == "check_flight"
+
+
+def test_thought_signature_in_a_stream() -> None:
+    raw = (b'data: {"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}},'
+           b' "thoughtSignature": "c2ln"}]}, "finishReason": "STOP"}]}\n\n')
+    got = assemble_openai(_translate(raw, 100000))
+    assert got["tool_calls"][0]["id"].endswith("__thought__c2ln")
