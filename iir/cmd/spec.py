@@ -17,7 +17,7 @@ import orjson
 
 from iir.compile.build import Built, build_table
 from iir.errors import ConfigError, Diagnostic
-from iir.plugins.matching import candidates, features_from_body, match_route
+from iir.plugins.matching import AGENTS_TARGET, candidates, features_from_body, match_route
 from iir.spec.schema import spec_json_schema_text, spec_markdown
 
 __all__ = ["DEFAULT_SPEC", "SPEC_ARG", "build_or_exit", "commands", "count_prompt_tokens", "echo_diagnostics"]
@@ -221,9 +221,14 @@ def explain(model: str | None, prompt: str | None, request: str | None, headers:
         else:
             click.echo(f"candidates for {route.name!r} (strategy {route.strategy}):")
             for i, c in enumerate(cands, 1):
+                if c.name == AGENTS_TARGET and c.backend is None:
+                    click.echo(f"  {i}. {c.name}: registered agents, resolved at request time (not known offline)")
+                    continue
                 click.echo(f"  {i}. {c.name}: {'kept' if c.kept else 'dropped'} ({c.reason})")
             if not any(c.kept for c in cands):
-                click.echo("no candidate left: the router answers 503 no_backend_available")
+                agents = any(c.name == AGENTS_TARGET and c.backend is None for c in cands)
+                click.echo("no candidate left" + (" unless a registered agent is live" if agents else "")
+                           + ": the router answers 503 no_backend_available")
     sys.exit(0)
 
 

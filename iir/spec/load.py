@@ -32,6 +32,7 @@ MAX_SPEC_NODES = 50_000  # guards against alias bombs ("billion laughs")
 SECRET_KEYS = frozenset({"api_key", "key", "admin_token", "token"})
 SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization"})
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_URL_PASSWORD = re.compile(r"://[^/@\s]*:[^/@\s]+@")
 _DUP = re.compile(r'found duplicate key "(.*?)" with value')
 Path_ = tuple[str | int, ...]
 
@@ -212,7 +213,7 @@ class _Walker:
             self._mark(node.lc.value, k, kpath, keys=False)
             value = node[k]
             out[key] = self.walk(value, kpath)
-            if isinstance(value, str) and "${" not in value and value.strip() and self._secret_field(path, key):
+            if isinstance(value, str) and "${" not in value and value.strip() and self._secret_field(path, key, value):
                 self.warnings.append(self.smap.diag(
                     kpath, "a secret is written literally in the file; write it as ${VAR} so it comes from the environment",
                     severity="warning"))
@@ -230,7 +231,9 @@ class _Walker:
         return line, col
 
     @staticmethod
-    def _secret_field(path: Path_, key: str) -> bool:
+    def _secret_field(path: Path_, key: str, value: str) -> bool:
+        if key == "redis_url":
+            return _URL_PASSWORD.search(value) is not None
         if path and path[-1] == "headers":
             return key.lower() in SECRET_HEADERS
         if key == "key":
