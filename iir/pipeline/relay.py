@@ -102,12 +102,21 @@ async def _read_body(ctx: RequestContext, backend: Backend, resp: aiohttp.Client
         ctx.upstream_seconds += time.perf_counter() - start
 
 
+def _mask_credentials(message: str, backend: Backend) -> str:
+    """An upstream may echo the credentials it received: never surface ours."""
+    for secret in (backend.api_key, *(value for _, value in backend.headers)):
+        if secret and len(secret) >= 6 and secret in message:
+            message = message.replace(secret, "***")
+    return message
+
+
 def _upstream_error(adapter: Adapter, status: int, body: bytes, headers: Any, backend: Backend) -> UpstreamError:
     err = adapter.error(status, body, headers)
-    if 400 <= status < 500 and status not in (401, 403, 407, 429):
-        err.status = status  # the client's request was refused upstream: relay its status
+    seen = err.upstream_status or status  # the adapter may know better (e.g. a 400 that means "bad key")
+    if 400 <= seen < 500 and seen not in (401, 403, 407, 429):
+        err.status = seen  # the client's request was refused upstream: relay its status
         err.type = "invalid_request_error"
-    err.message = f"backend {backend.name!r}: {err.message}"
+    err.message = _mask_credentials(f"backend {backend.name!r}: {err.message}", backend)
     return err
 
 
@@ -194,6 +203,7 @@ async def _relay_stream(ctx: RequestContext, adapter: Adapter, backend: Backend,
         await _finish_client_stream(ctx, out)
         return out
     except UpstreamError as e:
+        e.message = _mask_credentials(e.message, backend)
         if out is None:
             raise _Retry(e) if e.retryable else e from None
         return await _fail_stream(ctx, out, e)

@@ -172,3 +172,17 @@ async def test_client_disconnect_while_waiting_closes_upstream(pair):
         gone = time.monotonic()
     await asyncio.wait_for(a.disconnected.wait(), 1.0)
     assert a.disconnected_at is not None and a.disconnected_at - gone < 1.0
+
+
+async def test_upstream_echoing_our_credentials_is_masked(upstreams, router):
+    a = await upstreams(mode="status", status=500)
+    a.error_body = b'{"error": {"message": "internal failure (got Bearer sk-backend-secret-42)"}}'
+    spec = SPEC.format(a=a.url, b=a.url, fb="5s").replace("to: [a, b]", "to: [a]").replace(
+        "models: [m], timeouts", 'api_key: "${UP_KEY}", models: [m], timeouts')
+    srv = await router(spec, env={"UP_KEY": "sk-backend-secret-42"})
+    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="k", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as e:
+        await _chat(client)
+    assert e.value.status_code == 502 and "internal failure" in e.value.message
+    assert "sk-backend-secret-42" not in e.value.response.text
+    assert a.request_headers[-1]["authorization"] == "Bearer sk-backend-secret-42"
