@@ -6,6 +6,9 @@ cache, fallback, any backend kind) via :func:`iir.server.handlers.run_pipeline` 
 endpoint tag ``messages``. An :class:`~iir.backends.anthropic_openai.AnthropicEgress` re-encodes
 every byte sent back: Anthropic messages, Anthropic stream events, Anthropic error bodies.
 Clients authenticate with ``x-api-key`` or ``Authorization: Bearer`` (both SDK generations).
+
+``POST /v1/messages/count_tokens`` answers ``{"input_tokens": n}`` from the router's own token
+counter (the one routing rules and rate limits use): an estimate, not Claude's tokenizer.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import orjson
 from aiohttp import web
 
 from iir.backends.anthropic_openai import AnthropicEgress, to_openai_request
-from iir.errors import BadRequestError, IIRError, UnsupportedMediaTypeError
+from iir.errors import BadRequestError, IIRError, PermissionDeniedError, UnsupportedMediaTypeError
+from iir.pipeline.auth import presented_key, resolve_key
 from iir.pipeline.parse import read_body
+from iir.policies.runtime import POLICIES
+from iir.policies.tokens import TokenCounter
 from iir.server.handlers import error_response, request_id, run_pipeline
 from iir.server.state import TABLE_STATE
 
-__all__ = ["handle_messages", "setup"]
+__all__ = ["handle_count_tokens", "handle_messages", "setup"]
 
 
 async def _anthropic_body(request: web.Request) -> dict[str, object]:
@@ -47,6 +53,25 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
     return await run_pipeline(request, endpoint="messages", body=chat, egress=egress)
 
 
+async def handle_count_tokens(request: web.Request) -> web.StreamResponse:
+    """``{"input_tokens": n}`` for an Anthropic Messages request (same auth and model rules)."""
+    egress = AnthropicEgress(model="")
+    try:
+        body = await _anthropic_body(request)
+        egress.model = model = str(body.get("model") or "")
+        chat = to_openai_request({**body, "max_tokens": 1})  # count_tokens requests carry no max_tokens
+        key = resolve_key(request.app[TABLE_STATE].table.auth, presented_key(request))
+        if key is not None and not key.allows(model):
+            raise PermissionDeniedError(f"this API key may not use model {model!r}", param="model")
+        services = request.app.get(POLICIES)
+        counter = services.tokens if services is not None else TokenCounter()
+        count = counter.count_request(chat, "chat", model)
+    except IIRError as e:
+        return error_response(e, {"x-request-id": request_id(request)}, egress)
+    return web.Response(body=orjson.dumps({"input_tokens": count}), content_type="application/json")
+
+
 def setup(app: web.Application) -> None:
-    """Add ``POST /v1/messages`` to the router app."""
+    """Add ``POST /v1/messages`` and ``POST /v1/messages/count_tokens`` to the router app."""
     app.router.add_post("/v1/messages", handle_messages)
+    app.router.add_post("/v1/messages/count_tokens", handle_count_tokens)

@@ -161,3 +161,15 @@ async def test_cache_hits_are_answered_in_anthropic_shape(start_router: Callable
     assert again.headers.get("x-iir-cache") == "hit"
     assert (await again.parse()).content[0].text == first.content[0].text == streamed == "Hello! How can I assist you today?"
     assert len(openai_up.requests) == 1
+
+
+async def test_count_tokens(client: anthropic.AsyncAnthropic, router_url: str, openai_up: FakeProvider) -> None:
+    short = await client.messages.count_tokens(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+    long = await client.messages.count_tokens(model="gpt-4o-mini", system="You are a careful assistant.",
+                                              tools=[TOOL], messages=[{"role": "user", "content": "Hi " * 200}])
+    assert 0 < short.input_tokens < long.input_tokens
+    assert long.input_tokens >= 200
+    async with anthropic.AsyncAnthropic(base_url=router_url, api_key="wrong", max_retries=0) as bad:
+        with pytest.raises(anthropic.AuthenticationError):
+            await bad.messages.count_tokens(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+    assert openai_up.requests == []  # counted by the router, no backend call
