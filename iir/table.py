@@ -19,6 +19,7 @@ __all__ = [
     "Backend",
     "CacheSettings",
     "ClientKey",
+    "HealthSettings",
     "LimitSettings",
     "Match",
     "Route",
@@ -191,6 +192,13 @@ class CacheSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthSettings:
+    failures: int = 5  # consecutive failures that open a circuit
+    cooldown: float = 30.0  # seconds open before a half-open probe
+    queue_timeout: float = 1.0  # wait for a max_inflight slot
+
+
+@dataclass(frozen=True, slots=True)
 class LimitSettings:
     name: str
     per: str
@@ -216,6 +224,7 @@ class RoutingTable:
     generic_routes: tuple[Route, ...]  # routes with globs or no model condition, in order
     cache: CacheSettings
     limits: Mapping[str, LimitSettings]
+    health: HealthSettings = HealthSettings()
 
     def __hash__(self) -> int:
         return hash(self.digest)

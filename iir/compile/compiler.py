@@ -149,6 +149,7 @@ def compile_spec(spec: m.Spec, env: Mapping[str, str], source: str = "iir.yaml")
         model_index=MappingProxyType({k: tuple(v) for k, v in model_index.items()}),
         routes_by_model=MappingProxyType(by_model), generic_routes=generic, cache=cache,
         limits=MappingProxyType(limits),
+        health=t.HealthSettings(spec.policies.health.failures, spec.policies.health.cooldown, spec.policies.health.queue_timeout),
     )
     digest = hashlib.sha256(orjson.dumps(table_to_dict(draft, secrets="hash"), option=orjson.OPT_SORT_KEYS)).hexdigest()
     object.__setattr__(draft, "digest", digest)
@@ -212,4 +213,6 @@ def table_to_dict(table: t.RoutingTable, *, secrets: str = "omit") -> dict[str, 
         "limits": {n: {"per": lm.per, "requests": list(lm.requests) if lm.requests else None,
                        "tokens": list(lm.tokens) if lm.tokens else None, "fail": lm.fail}
                    for n, lm in table.limits.items()},
+        "health": {"failures": table.health.failures, "cooldown": table.health.cooldown,
+                   "queue_timeout": table.health.queue_timeout},
     }

@@ -20,7 +20,7 @@ from iir.policies.health import CircuitSettings, HealthBoard, MetricsScraper
 from iir.policies.ratelimit import RateLimiter
 from iir.policies.store import StateStore, open_store
 from iir.policies.tokens import TokenCounter
-from iir.table import Backend, RoutingTable
+from iir.table import Backend, HealthSettings, RoutingTable
 
 __all__ = ["POLICIES", "PolicyServices", "open_policies"]
 
@@ -35,6 +35,16 @@ class PolicyServices:
     _limiters: dict[int, RateLimiter] = field(default_factory=dict)
     _caches: dict[int, ResponseCache] = field(default_factory=dict)
     semantic: object | None = None  # iir.plugins.semantic.SemanticMatcher, set by the server
+    _health_settings: HealthSettings | None = None
+
+    def health_for(self, table: RoutingTable) -> HealthBoard:
+        """The health board, configured with ``table.health`` (``policies.health``; follows reloads)."""
+        h = table.health
+        if h is not self._health_settings:
+            self._health_settings = h
+            self.health.settings = CircuitSettings(h.failures, h.cooldown, h.queue_timeout,
+                                                   self.health.settings.ewma_alpha)
+        return self.health
 
     def store(self, table: RoutingTable, kind: str | None = None) -> StateStore:
         kind = kind or table.state.store
@@ -72,14 +82,16 @@ POLICIES = web.AppKey("iir.policies", PolicyServices)
 def open_policies(get_table: Callable[[], RoutingTable] | None = None, *,
                   circuit: CircuitSettings | None = None,
                   semantic_factory: Callable[[], object] | None = None,
+                  on_health_change: Callable[[str, bool], None] | None = None,
                   scrape_interval: float = 2.0) -> Callable[[web.Application], AsyncIterator[None]]:
     """A ``cleanup_ctx`` that creates :class:`PolicyServices` at ``app[POLICIES]``; with
     ``get_table`` it also scrapes vLLM/llm-d ``/metrics`` into the health board.
     ``semantic_factory`` (e.g. ``iir.plugins.semantic.SemanticMatcher``, which this layer cannot
-    import) builds the semantic matcher; it loads its model lazily."""
+    import) builds the semantic matcher; it loads its model lazily. ``on_health_change(name,
+    healthy)`` is called when a circuit opens or closes (e.g. the backend-health gauge)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        services = PolicyServices(health=HealthBoard(circuit))
+        services = PolicyServices(health=HealthBoard(circuit, on_health_change=on_health_change))
         if semantic_factory is not None:
             services.semantic = semantic_factory()
         services.tokens.load()

@@ -24,6 +24,7 @@ __all__ = [
     "CachePolicy",
     "ClientKey",
     "CloudBackend",
+    "HealthPolicy",
     "LimitPolicy",
     "LogSettings",
     "Match",
@@ -301,11 +302,20 @@ class LimitPolicy(_Model):
         return self
 
 
+class HealthPolicy(_Model):
+    """Backend health: the circuit breaker and the wait for a `max_inflight` slot."""
+
+    failures: int = Field(5, ge=1, description="Consecutive failed attempts (connect errors, timeouts, 5xx) that open a backend's circuit.")
+    cooldown: Duration = Field(30.0, description="How long an open circuit skips the backend before one probe request is let through.")
+    queue_timeout: Duration = Field(1.0, description="How long a request waits for a slot on a backend at its `max_inflight`, before falling back to the next candidate.")
+
+
 class Policies(_Model):
-    """Cache and rate-limit policies."""
+    """Cache, rate-limit and backend-health policies."""
 
     cache: CachePolicy | None = Field(None, description="Response cache; absent means no caching.")
-    limits: dict[str, LimitPolicy] = Field({}, description="Named rate limits, referenced by keys and routes.")
+    limits: dict[str, LimitPolicy] = Field({}, description="Named rate limits, referenced by keys and routes; a limit nothing references applies to every request.")
+    health: HealthPolicy = Field(default_factory=HealthPolicy, description="Circuit breaker and concurrency-queue settings for every backend.")
 
 
 class Spec(_Model):

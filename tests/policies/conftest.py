@@ -70,14 +70,26 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    up = Upstream()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", up.chat)
-    runner, url = await _serve(app)
-    up.url = url
-    yield up
-    await runner.cleanup()
+async def make_upstream() -> AsyncIterator[Callable[..., Any]]:
+    """``await make_upstream(text=..., delay=..., fail=...) -> Upstream`` on a free port."""
+    runners: list[web.AppRunner] = []
+
+    async def make(**kw: Any) -> Upstream:
+        up = Upstream(**kw)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", up.chat)
+        runner, up.url = await _serve(app)
+        runners.append(runner)
+        return up
+
+    yield make
+    for r in runners:
+        await r.cleanup()
+
+
+@pytest.fixture
+async def upstream(make_upstream: Callable[..., Any]) -> Upstream:
+    return await make_upstream()
 
 
 @pytest.fixture
