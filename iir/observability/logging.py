@@ -57,18 +57,24 @@ def parse_level(name: str) -> int:
     return _LEVELS.get(name.strip().lower(), logging.INFO)
 
 
-def _utc_stamp(created: float) -> str:
-    t = time.gmtime(created)
-    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:" \
-           f"{t.tm_sec:02d}.{int(created % 1 * 1000):03d}Z"
-
-
 class _Masking(logging.Formatter):
     """Base formatter: masks configured secret values in the finished line."""
 
     def __init__(self) -> None:
         super().__init__()
         self.secrets: tuple[str, ...] = ()
+        self._second = -1
+        self._prefix = ""
+
+    def stamp(self, created: float) -> str:
+        """``2026-11-27T11:20:00.123Z``; the part up to the second is formatted once per second."""
+        second = int(created)
+        if second != self._second:
+            t = time.gmtime(second)
+            self._prefix = (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+                            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.")
+            self._second = second
+        return f"{self._prefix}{int((created - second) * 1000):03d}Z"
 
     def mask(self, line: str) -> str:
         for secret in self.secrets:
@@ -86,7 +92,7 @@ class JsonFormatter(_Masking):
     """``{"ts", "level", "logger", "event", ...fields}`` serialised with orjson, one per line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {"ts": _utc_stamp(record.created), "level": record.levelname.lower(),
+        doc: dict[str, Any] = {"ts": self.stamp(record.created), "level": record.levelname.lower(),
                                "logger": record.name, "event": record.getMessage()}
         fields = getattr(record, "fields", None)
         if fields:
@@ -114,7 +120,7 @@ class TextFormatter(_Masking):
     """``2026-11-27T11:20:00.123Z INFO  request request_id=... status=200 latency_ms=12.3``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [_utc_stamp(record.created), f"{record.levelname:<7}", record.getMessage()]
+        parts = [self.stamp(record.created), f"{record.levelname:<7}", record.getMessage()]
         fields = getattr(record, "fields", None)
         if fields:
             parts.extend(f"{k}={_text_value(v)}" for k, v in fields.items())
@@ -157,6 +163,10 @@ def configure_logging(server: ServerSettings, *, stream: IO[str] | None = None,
         handler.setFormatter(formatter_cls())
         setattr(handler, _OWNED, True)
         root.addHandler(handler)
+    # Our formatters never print thread or process names: don't collect them for every record
+    # (the optimisation the logging HOWTO recommends).
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     level = parse_level(server.log_level)
     root.setLevel(level)
     logger = logging.getLogger(LOGGER_NAME)
@@ -176,9 +186,11 @@ def set_secrets(secrets: Iterable[str]) -> None:
 
 
 def emit(logger: logging.Logger, level: int, event: str, fields: Mapping[str, Any]) -> None:
-    """Log one structured event. Callers building costly fields check ``isEnabledFor`` first."""
+    """Log one structured event. Callers building costly fields check ``isEnabledFor`` first.
+
+    The record is made directly (no caller lookup: events carry their own context)."""
     if logger.isEnabledFor(level):
-        logger.log(level, event, extra={"fields": fields})
+        logger.handle(logger.makeRecord(logger.name, level, "", 0, event, (), None, extra={"fields": fields}))
 
 
 # -- lifecycle events ----------------------------------------------------------------------------
