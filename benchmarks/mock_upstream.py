@@ -26,6 +26,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,7 @@ http {{
     location = {JSON_PATH} {{ default_type application/json; }}
     location = {SSE_PATH} {{ default_type text/event-stream; add_header Cache-Control no-cache; }}
     location = /health {{ default_type text/plain; return 200 "ok\\n"; }}
+    location = /nginx_status {{ stub_status; }}
     location / {{ return 404; }}
   }}
 }}
@@ -175,6 +177,17 @@ class MockUpstream:
     @property
     def pids(self) -> list[int]:
         return [self.proc.pid]
+
+    def accepted_connections(self) -> int:
+        """Connections nginx has accepted so far (stub_status), to tell connection reuse."""
+        return nginx_accepted(self.port)
+
+
+def nginx_accepted(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/nginx_status", timeout=5) as r:
+        lines = r.read().decode().splitlines()
+    # "Active connections: N" / "server accepts handled requests" / " A H R" / "Reading: ..."
+    return int(lines[2].split()[0])
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 
 def _rows(results: dict[str, Any]) -> list[list[str]]:
     runs = results.get("runs", [])
-    order = {"direct": 0, "iir-1w": 1, "iir-2w": 2, "portkey": 3}
+    order = {"direct": 0, "floor": 1, "iir-1w": 2, "iir-2w": 3, "portkey": 4}
     rows = []
     for r in sorted(runs, key=lambda r: (_KIND_ORDER.get(r["kind"], 9), r["concurrency"], order.get(r["target"], 9))):
         d = find_run(runs, "direct", _DIRECT_KIND.get(r["kind"], r["kind"]), r["concurrency"])

@@ -44,7 +44,7 @@ from benchmarks.mock_upstream import (
 )
 from benchmarks.procstat import tree_usage
 from benchmarks.specs import CACHED_MODEL, JSON_MODEL, SSE_MODEL, TRICKLE_MODEL, bench_spec
-from benchmarks.targets import REPO, Proc, start_router, start_trickle
+from benchmarks.targets import REPO, Proc, start_floor, start_router, start_trickle
 from benchmarks.ttfb import measure_relay, measure_ttfb
 from benchmarks.wrk import chat_request_body, run_wrk, wrk_binary
 
@@ -86,6 +86,7 @@ class Bench:
         self.args, self.workdir = args, workdir
         self.runs: list[dict[str, Any]] = []
         self.notes: list[str] = []
+        self.mock: MockUpstream | None = None
 
     def log(self, msg: str) -> None:
         print(msg, flush=True)
@@ -96,15 +97,18 @@ class Bench:
         body = chat_request_body(model, stream, temperature)
         for c in self.args.concurrency:
             run_wrk(url, body, connections=c, duration=self.args.warmup, threads=self.args.wrk_threads, headers=headers)
+            accepted = self.mock.accepted_connections() if self.mock else 0
             before = tree_usage(pid_root)
             res = run_wrk(url, body, connections=c, duration=self.args.duration, threads=self.args.wrk_threads,
                           headers=headers)
             after = tree_usage(pid_root)
+            # new upstream connections during the run (the status request itself is one)
+            opened = self.mock.accepted_connections() - accepted - 1 if self.mock else None
             cpu = after.cpu_s - before.cpu_s
             row = {"target": target, "workers": workers, "kind": kind, "concurrency": c, **res.to_dict(),
                    "cpu_s": round(cpu, 3),
                    "cpu_ms_per_req": round(cpu * 1000 / res.requests, 4) if res.requests else None,
-                   "rss_mb": after.rss_mb, "pids": len(after.pids)}
+                   "rss_mb": after.rss_mb, "pids": len(after.pids), "upstream_conns_opened": opened}
             self.runs.append(row)
             err = f"  ERRORS {res.errors}" if res.error_count else ""
             self.log(f"  {target:<9} {kind:<6} c={c:<3} {res.rps:>9.0f} req/s  p50 {res.latency_ms['p50']:>8.3f} ms  "
@@ -131,13 +135,22 @@ class Bench:
         for kind, path in (("json", JSON_PATH), ("sse", SSE_PATH)):
             self.scenario("direct", 0, kind, mock.base + path, mock.proc.pid)
 
+    def floor(self, mock: MockUpstream) -> None:
+        self.log("through the floor: a bare aiohttp pass-through proxy (benchmarks/floor_proxy.py)")
+        with start_floor(mock.base) as fl:
+            for kind in ("json", "sse"):
+                check = self.check_response("floor", fl.base + CHAT, kind)
+                if not check["ok"]:
+                    raise RuntimeError(f"the floor proxy answered {check['status']}: {check.get('body')}")
+                self.scenario("floor", 1, kind, fl.base + CHAT, fl.pid)
+
     def router(self, mock: MockUpstream, trickle: Proc | None, workers: int) -> dict[str, Any]:
         port = free_port()
         spec = bench_spec(mock.port, port, workers, self.workdir / f"reg-w{workers}.db",
                           trickle.port if trickle else None)
         extra: dict[str, Any] = {"workers": workers}
         self.log(f"through iir, {workers} worker(s)")
-        with start_router(spec, self.workdir, port, workers) as r:
+        with start_router(spec, self.workdir, port, workers, src=self.args.src) as r:
             checks = [self.check_response(f"iir-{workers}w", r.base + CHAT, k) for k in KINDS]
             extra["checks"] = checks
             for ch in checks:
@@ -208,9 +221,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--trickle-chunks", type=int, default=6)
     ap.add_argument("--trickle-gap-ms", type=float, default=40.0)
     ap.add_argument("--no-portkey", action="store_true", help="skip the Portkey side-by-side")
+    ap.add_argument("--no-floor", action="store_true", help="skip the bare-aiohttp reference proxy")
     ap.add_argument("--no-micro", action="store_true", help="skip the micro-benchmarks")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="directory for the JSON results")
     ap.add_argument("--label", default="", help="free text stored with the results")
+    ap.add_argument("--src", type=Path, default=REPO,
+                    help="directory whose iir/ package the router runs (A/B-compare a change) [this checkout]")
+    ap.add_argument("--only", choices=["direct", "floor", "iir", "portkey"], action="append",
+                    help="run only these targets (repeatable); direct always runs, for the ratios")
     args = ap.parse_args(argv)
     args.duration = args.duration or (2.0 if args.quick else 8.0)
     args.warmup = args.warmup or (1.0 if args.quick else 2.0)
@@ -228,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     meta: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"), "command": "python -m benchmarks.run " + shlex.join(argv or sys.argv[1:]),
-        "label": args.label, "git": _git_commit(), "host": platform.node(), "cpus": os.cpu_count(),
+        "label": args.label, "git": _git_commit(), "src": str(args.src), "host": platform.node(), "cpus": os.cpu_count(),
         "loadavg_start": os.getloadavg(), "python": platform.python_version(),
         "nginx": _version([nginx_binary() or "nginx", "-v"]), "wrk": _version(["wrk", "-v"]),
         "duration_s": args.duration, "warmup_s": args.warmup, "concurrency": args.concurrency,
@@ -241,9 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="iir-bench-") as d:
         bench = Bench(args, Path(d))
         with start_mock() as mock, start_trickle(args.trickle_chunks, args.trickle_gap_ms) as trickle:
+            bench.mock = mock
+            only = set(args.only or ["direct", "floor", "iir", "portkey"])
             bench.direct(mock)
-            results["iir"] = [bench.router(mock, trickle, w) for w in args.workers]
-            if not args.no_portkey:
+            if "floor" in only and not args.no_floor:
+                bench.floor(mock)
+            if "iir" in only:
+                results["iir"] = [bench.router(mock, trickle, w) for w in args.workers]
+            if "portkey" in only and not args.no_portkey:
                 results["portkey"] = bench.portkey(mock)
     results["runs"] = bench.runs
     if not args.no_micro:

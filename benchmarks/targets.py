@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.mock_upstream import free_port, wait_port
 from benchmarks.procstat import descendants
 
-__all__ = ["Proc", "start_router", "start_trickle", "stop"]
+__all__ = ["Proc", "start_floor", "start_router", "start_trickle", "stop"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,8 +89,10 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], workers: int, log: Pat
 
 @contextlib.contextmanager
 def start_router(spec_text: str, workdir: Path, port: int, workers: int = 1,
-                 timeout: float = 90.0, env: dict[str, str] | None = None) -> Iterator[Proc]:
-    """``python -m iir serve --spec <workdir>/iir-bench-wN.yaml --port P --workers N``."""
+                 timeout: float = 90.0, env: dict[str, str] | None = None, src: Path = REPO) -> Iterator[Proc]:
+    """``python -m iir serve --spec <workdir>/iir-bench-wN.yaml --port P --workers N``, with the
+    ``iir`` package imported from ``src`` (default: this checkout; another directory holding an
+    ``iir/`` package gives an A/B comparison of a change)."""
     spec = workdir / f"iir-bench-w{workers}.yaml"
     spec.write_text(spec_text)
     log = workdir / f"router-w{workers}.log"
@@ -99,9 +101,10 @@ def start_router(spec_text: str, workdir: Path, port: int, workers: int = 1,
         if env is None or name not in env:
             full_env.pop(name, None)
     full_env["SQLITE_DB_PATH"] = str(workdir / f"iir-bench-w{workers}.db")
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), full_env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "iir", "serve", "--spec", str(spec), "--port", str(port), "--workers", str(workers)]
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=full_env,
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=src, env=full_env,
                                 start_new_session=True)
     try:
         _wait_ready(port, proc, workers, log, timeout)
@@ -120,6 +123,20 @@ def start_trickle(chunks: int, gap_ms: float, lifetime: float = 1800.0) -> Itera
                             start_new_session=True)
     try:
         wait_port(port, proc=proc)
+        yield Proc(port, proc)
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def start_floor(upstream: str) -> Iterator[Proc]:
+    """The bare aiohttp proxy of :mod:`benchmarks.floor_proxy`, in its own process."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "benchmarks.floor_proxy", "--port", str(port), "--upstream", upstream]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        wait_port(port, timeout=30, proc=proc)
         yield Proc(port, proc)
     finally:
         stop(proc)
