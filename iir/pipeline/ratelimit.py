@@ -5,6 +5,8 @@
   (``ctx.prompt_tokens``) with the app's token counter if nobody did yet.
 * :func:`make_route_stage` (after route): the matched route's policies, and the key's policies
   scoped ``per: route``.
+* :func:`make_backend_stage` (after select): policies scoped ``per: backend``; a candidate whose
+  backend is out of room is dropped and the next one is charged (the relay falls back).
 
 Both reserve the estimated prompt tokens and, after the response is done, settle them with the
 real usage (``ctx.usage``; a cache hit costs no tokens). Refusals raise
@@ -15,12 +17,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from iir.errors import IIRError
+from iir.errors import IIRError, RateLimitedError
 from iir.pipeline.context import Next, RequestContext, Stage
 from iir.policies.ratelimit import PRE_ROUTE_SCOPES, Reservation, limits_for
 from iir.policies.runtime import POLICIES, PolicyServices
 
-__all__ = ["make_route_stage", "make_stage", "scope_ids"]
+__all__ = ["make_backend_stage", "make_route_stage", "make_stage", "scope_ids"]
 
 
 def scope_ids(ctx: RequestContext) -> dict[str, str]:
@@ -72,6 +74,53 @@ async def _run(ctx: RequestContext, nxt: Next, services: PolicyServices, pre_rou
         raise
     await limiter.settle(reservation, _used_tokens(ctx))
     return resp
+
+
+async def _run_backend(ctx: RequestContext, nxt: Next, services: PolicyServices) -> web.StreamResponse:
+    """``per: backend`` policies: charge the first kept candidate that has room; candidates whose
+    backend is out of room are dropped (reason ``rate-limit``) so the relay falls back past them."""
+    table = ctx.table
+    if not table.limits:
+        return await nxt(ctx)
+    route_limits = ctx.route.limits if ctx.route else ()
+    limits = [lm for lm in limits_for(table, ctx.key.limits if ctx.key else (), route_limits) if lm.per == "backend"]
+    if not limits:
+        return await nxt(ctx)
+    limiter = services.limiter(table)
+    ids = scope_ids(ctx)
+    refusal: RateLimitedError | None = None
+    reservation: Reservation | None = None
+    for cand in ctx.candidates:
+        if not cand.kept:
+            continue
+        try:
+            reservation = await limiter.admit(limits, {**ids, "backend": cand.backend.name}, ctx.prompt_tokens)
+            break
+        except RateLimitedError as e:
+            cand.kept, cand.reason = False, f"rate-limit: {e.message}"
+            refusal = refusal or e
+    if reservation is None:
+        if refusal is not None:
+            raise refusal
+        return await nxt(ctx)
+    ctx.response_headers.update(reservation.headers)
+    try:
+        resp = await nxt(ctx)
+    except IIRError:
+        await limiter.settle(reservation, _used_tokens(ctx) if ctx.usage else 0)
+        raise
+    await limiter.settle(reservation, _used_tokens(ctx))
+    return resp
+
+
+def make_backend_stage(app: web.Application) -> Stage:
+    """After select: ``per: backend`` limits."""
+    services = app[POLICIES]
+
+    async def backend_ratelimit(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
+        return await _run_backend(ctx, nxt, services)
+
+    return backend_ratelimit
 
 
 def make_stage(app: web.Application) -> Stage:

@@ -56,3 +56,43 @@ async def test_max_inflight_sheds_to_next_candidate(make_upstream, start_router)
     assert all(r[0] == 200 for r in results)
     assert any("from slow" in t for t in texts) and any("from good" in t for t in texts)
     assert slow.calls == 1
+
+
+async def test_backend_limit_falls_back_to_next_candidate(make_upstream, tmp_path):
+    from iir.compile.build import build_table
+    from iir.pipeline import ratelimit, select
+    from iir.pipeline.chain import STAGES
+    from iir.server.app import create_app
+    from iir.server.state import TableState
+    from tests.policies.conftest import _serve
+
+    a = await make_upstream(text="from a")
+    b = await make_upstream(text="from b")
+    spec = tmp_path / "iir.yaml"
+    spec.write_text(f"""
+version: 1
+backends:
+  a: {{kind: openai-compatible, url: "{a.url}/v1", models: [m1]}}
+  b: {{kind: openai-compatible, url: "{b.url}/v1", models: [m1]}}
+routes:
+  - {{name: r, match: {{model: m1}}, to: [a, b], limits: [a-cap]}}
+policies:
+  limits:
+    a-cap: {{per: backend, requests: 2/min}}
+""")
+    env = {"SQLITE_DB_PATH": str(tmp_path / "iir.db")}
+    stages = list(STAGES)
+    if ratelimit.make_backend_stage not in stages:
+        stages.insert(stages.index(select.make_stage) + 1, ratelimit.make_backend_stage)
+    app = create_app(TableState(path=spec, built=build_table(spec, env), env=lambda: env), stages=stages, watch=False)
+    runner, base = await _serve(app)
+    try:
+        results = [await post(base) for _ in range(5)]
+    finally:
+        await runner.cleanup()
+    # each backend has its own 2/min counter: a serves two, then its cap pushes requests to b
+    assert [r[2].count(b"from a") for r in results[:2]] == [1, 1]
+    assert [r[2].count(b"from b") for r in results[2:4]] == [1, 1]
+    assert (a.calls, b.calls) == (2, 2)
+    status, headers, raw = results[4]
+    assert status == 429 and headers["x-ratelimit-limit-requests"] == "2" and b"a-cap" in raw
