@@ -30,11 +30,13 @@ from iir.table import RoutingTable, ServerSettings
 
 __all__ = [
     "LOGGER_NAME",
+    "BufferedStreamHandler",
     "JsonFormatter",
     "TextFormatter",
     "collect_secrets",
     "configure_logging",
     "emit",
+    "flush_handlers",
     "log_agent_registered",
     "log_heartbeat_expired",
     "log_reload",
@@ -131,6 +133,59 @@ class TextFormatter(_Masking):
         return self.mask(line)
 
 
+class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes lines in batches instead of one ``write``+``flush`` per record.
+
+    The batch goes out when it reaches ``capacity`` characters, when a record at ``flush_level``
+    or above arrives, when the oldest buffered line is ``max_delay`` seconds old at the next
+    record, and whenever :meth:`flush` is called (the server calls :func:`flush_handlers` every
+    few hundred milliseconds, and ``logging.shutdown`` at exit)."""
+
+    def __init__(self, stream: IO[str], *, capacity: int = 64 * 1024, flush_level: int = logging.WARNING,
+                 max_delay: float = 0.5) -> None:
+        super().__init__(stream)
+        self.capacity = capacity
+        self.flush_level = flush_level
+        self.max_delay = max_delay
+        self._lines: list[str] = []
+        self._size = 0
+        self._oldest = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # logging's contract: report through handleError, never raise
+            self.handleError(record)
+            return
+        if not self._lines:
+            self._oldest = record.created
+        self._lines.append(line)
+        self._size += len(line) + 1
+        if (record.levelno >= self.flush_level or self._size >= self.capacity
+                or record.created - self._oldest >= self.max_delay):
+            self.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self._lines:
+                text = "\n".join(self._lines) + "\n"
+                self._lines.clear()
+                self._size = 0
+                self.stream.write(text)
+            if self.stream and hasattr(self.stream, "flush"):
+                self.stream.flush()
+        finally:
+            self.release()
+
+
+def flush_handlers() -> None:
+    """Write out whatever iir's handlers hold (called periodically by the server)."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, _OWNED, False):
+            handler.flush()
+
+
 def _file_path(path: str, worker: int | None) -> str:
     """Each worker process writes its own file: rotation is not safe across processes."""
     if worker is None:
@@ -140,18 +195,24 @@ def _file_path(path: str, worker: int | None) -> str:
 
 
 def configure_logging(server: ServerSettings, *, stream: IO[str] | None = None,
-                      worker: int | None = None, secrets: Iterable[str] = ()) -> logging.Logger:
+                      worker: int | None = None, secrets: Iterable[str] = (),
+                      buffered: bool | None = None) -> logging.Logger:
     """Install iir's handlers (replacing any it installed before) and return the ``iir`` logger.
 
     ``stream`` defaults to stdout. ``worker`` (the worker index with ``--workers N``) gives each
-    process its own log file. ``secrets`` are values no handler may ever write.
+    process its own log file. ``secrets`` are values no handler may ever write. ``buffered``
+    (default: when writing to a stdout that is not a terminal) batches lines, see
+    :class:`BufferedStreamHandler`.
     """
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, _OWNED, False)]:
         root.removeHandler(handler)
         handler.close()
     formatter_cls = TextFormatter if server.log_format == "text" else JsonFormatter
-    handlers: list[logging.Handler] = [logging.StreamHandler(stream if stream is not None else sys.stdout)]
+    out = stream if stream is not None else sys.stdout
+    if buffered is None:
+        buffered = stream is None and not out.isatty()
+    handlers: list[logging.Handler] = [BufferedStreamHandler(out) if buffered else logging.StreamHandler(out)]
     if server.log_file:
         path = _file_path(server.log_file, worker)
         directory = os.path.dirname(path)

@@ -11,11 +11,12 @@ exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import multiprocess as prom_mp
 
-from iir.observability.logging import log_reload
+from iir.observability.logging import flush_handlers, log_reload
 from iir.observability.metrics import METRICS_KEY, Metrics, multiprocess_dir
 
 if TYPE_CHECKING:  # the state module is only needed for annotations
@@ -33,6 +34,7 @@ __all__ = ["ENV_VAR", "metrics_handler", "multiprocess_dir_for_workers", "render
 
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
 RELOAD_LOGGER = "iir.reload"
+LOG_FLUSH_INTERVAL = 0.25  # seconds
 
 
 def render(metrics: Metrics) -> bytes:
@@ -67,11 +69,30 @@ def setup(app: web.Application, state: TableState | None = None, *, metrics: Met
         metrics = Metrics()
     app[METRICS_KEY] = metrics
     app.router.add_get(path, metrics_handler)
+    app.cleanup_ctx.append(_flush_logs_periodically)
     if state is not None:
         metrics.on_spec_loaded(state.table, at=state.loaded_at)
         metrics.reload(True)
         state.on_report.append(_reload_reporter(state, metrics))
     return metrics
+
+
+async def _flush_logs_periodically(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: buffered log lines reach stdout within LOG_FLUSH_INTERVAL even when idle."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_INTERVAL)
+            flush_handlers()
+
+    task = asyncio.create_task(loop(), name="iir-log-flush")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        flush_handlers()
 
 
 def _reload_reporter(state: TableState, metrics: Metrics) -> Callable[[ReloadReport], None]:

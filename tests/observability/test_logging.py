@@ -174,3 +174,50 @@ def test_does_not_touch_foreign_handlers() -> None:
         assert foreign in root.handlers
     finally:
         root.removeHandler(foreign)
+
+
+def test_buffered_handler_batches_and_flushes_on_warning_capacity_and_demand() -> None:
+    from iir.observability.logging import BufferedStreamHandler, flush_handlers
+
+    writes: list[str] = []
+
+    class Recording(io.StringIO):
+        def write(self, s: str) -> int:
+            writes.append(s)
+            return super().write(s)
+
+    out = Recording()
+    log = configure_logging(ServerSettings(), stream=out, buffered=True)
+    (handler,) = [h for h in logging.getLogger().handlers if isinstance(h, BufferedStreamHandler)]
+    for i in range(3):
+        emit(log, logging.INFO, "request", {"n": i})
+    assert out.getvalue() == ""  # held back
+    emit(log, logging.WARNING, "request", {"n": 3})  # a warning goes out at once, with what came before
+    assert len(writes) == 1 and [orjson.loads(x)["n"] for x in _lines(out)] == [0, 1, 2, 3]
+    emit(log, logging.INFO, "request", {"n": 4})
+    flush_handlers()  # the server's periodic flush
+    assert len(writes) == 2 and orjson.loads(_lines(out)[-1])["n"] == 4
+    handler.capacity = 500  # lines here are ~150 characters: one batch of four goes out
+    for i in range(5, 10):
+        emit(log, logging.INFO, "request", {"n": i, "pad": "x" * 60})
+    assert len(writes) == 3  # the capacity was reached once
+    flush_handlers()
+    assert [orjson.loads(x)["n"] for x in _lines(out)] == list(range(10))
+
+
+def test_stdout_is_buffered_only_when_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iir.observability.logging import BufferedStreamHandler
+
+    class Pipe(io.StringIO):
+        def isatty(self) -> bool:
+            return False
+
+    class Tty(Pipe):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, expect in ((Pipe(), True), (Tty(), False)):
+        monkeypatch.setattr("sys.stdout", stream)
+        configure_logging(ServerSettings())
+        ours = [h for h in logging.getLogger().handlers if getattr(h, "_iir_handler", False)]
+        assert isinstance(ours[0], BufferedStreamHandler) is expect
