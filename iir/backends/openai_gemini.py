@@ -262,12 +262,13 @@ def from_gemini_response(data: bytes | str | Mapping[str, Any], *, model: str = 
     doc = parse_json(data, "the response")
     candidates = doc.get("candidates")
     choices: list[dict[str, Any]] = []
-    if candidates is None:
-        block = (doc.get("promptFeedback") or {}).get("blockReason") if isinstance(doc.get("promptFeedback"), dict) else None
-        if not block:
-            raise malformed(PROVIDER, "response without candidates or promptFeedback.blockReason")
+    feedback = doc.get("promptFeedback")
+    block = feedback.get("blockReason") if isinstance(feedback, dict) else None
+    if block and not candidates:
         choices.append({"index": 0, "message": {"role": "assistant", "content": None, "refusal": f"prompt blocked: {block}"},
                         "logprobs": None, "finish_reason": "content_filter"})
+    elif candidates is None:
+        raise malformed(PROVIDER, "response without candidates or promptFeedback.blockReason")
     elif not isinstance(candidates, list) or not candidates:
         raise malformed(PROVIDER, "'candidates' is not a non-empty list")
     else:

@@ -173,3 +173,57 @@ async def test_count_tokens(client: anthropic.AsyncAnthropic, router_url: str, o
         with pytest.raises(anthropic.AuthenticationError):
             await bad.messages.count_tokens(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
     assert openai_up.requests == []  # counted by the router, no backend call
+
+
+CLOUD_SPEC = """
+version: 1
+backends:
+  claude: {{kind: anthropic, url: "{claude}", api_key: "sk-ant-test", models: [claude-house]}}
+  gemini: {{kind: google, url: "{gemini}/v1beta", api_key: "g-test", models: [gemini-2.5-flash]}}
+routes:
+  - name: all
+    match: {{model: "*"}}
+    to: by-model
+"""
+
+
+@pytest.fixture
+async def cloud_client(start_router: Callable[..., Any], anthropic_up: FakeProvider,
+                       gemini_up: FakeProvider) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    url = await start_router(CLOUD_SPEC.format(claude=anthropic_up.url, gemini=gemini_up.url))
+    async with anthropic.AsyncAnthropic(base_url=url, api_key="unused", max_retries=0, timeout=15) as c:
+        yield c
+
+
+async def test_anthropic_client_to_anthropic_backend_stream(cloud_client: anthropic.AsyncAnthropic,
+                                                            anthropic_up: FakeProvider) -> None:
+    anthropic_up.answer("anthropic/stream_tool_use.sse")
+    async with cloud_client.messages.stream(model="claude-house", max_tokens=100, tools=[TOOL],
+                                            messages=[{"role": "user", "content": "Weather in SF?"}]) as stream:
+        final = await stream.get_final_message()
+    assert [b.type for b in final.content] == ["text", "tool_use"]
+    assert final.content[0].text == "Okay, let's check the weather for San Francisco, CA:"
+    assert final.content[1].id == "toolu_01T1x1fJ34qAmk2tNTrN7Up6"
+    assert final.content[1].input == {"location": "San Francisco, CA", "unit": "fahrenheit"}
+    assert final.stop_reason == "tool_use" and final.usage.output_tokens == 89
+    sent = anthropic_up.last["body"]
+    assert sent["tools"][0] == {"name": "get_weather", "description": "Current weather", "input_schema": TOOL["input_schema"]}
+    assert sent["max_tokens"] == 100 and sent["stream"] is True
+
+
+async def test_anthropic_client_to_gemini_backend(cloud_client: anthropic.AsyncAnthropic,
+                                                  gemini_up: FakeProvider) -> None:
+    gemini_up.answer("gemini/generate_function_call.json", "gemini/generate_text.json")
+    messages: list[Any] = [{"role": "user", "content": "Temperature in London?"}]
+    first = await cloud_client.messages.create(model="gemini-2.5-flash", max_tokens=100, tools=[TOOL],
+                                               messages=messages)
+    use = first.content[0]
+    assert first.stop_reason == "tool_use" and use.name == "get_current_temperature" and use.input == {"location": "London"}
+    messages += [{"role": "assistant", "content": [use.model_dump(exclude_none=True)]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "15 C"}]}]
+    second = await cloud_client.messages.create(model="gemini-2.5-flash", max_tokens=100, tools=[TOOL],
+                                                messages=messages)
+    assert second.content[0].text.startswith("AI learns patterns") and second.stop_reason == "end_turn"
+    contents = gemini_up.last["body"]["contents"]
+    assert contents[2] == {"role": "user", "parts": [{"functionResponse": {
+        "name": "get_current_temperature", "response": {"result": "15 C"}}}]}

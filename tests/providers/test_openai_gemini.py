@@ -259,3 +259,8 @@ def test_thought_signature_in_a_stream() -> None:
            b' "thoughtSignature": "c2ln"}]}, "finishReason": "STOP"}]}\n\n')
     got = assemble_openai(_translate(raw, 100000))
     assert got["tool_calls"][0]["id"].endswith("__thought__c2ln")
+
+
+def test_blocked_prompt_with_empty_candidates() -> None:
+    out = from_gemini_response({"candidates": [], "promptFeedback": {"blockReason": "OTHER"}})
+    assert out["choices"][0]["finish_reason"] == "content_filter"
