@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SPEC ?= iir.yaml
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install run test lint migrate seed validate bench docs-serve system-deps clean test-vllm
+.PHONY: help install run test lint migrate seed validate bench bench-deps bench-quick bench-soak bench-profile docs-serve system-deps clean test-vllm
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -46,8 +46,24 @@ seed: install ## Compile every spec in examples/ into the registry
 validate: install ## Validate iir.yaml and every spec in examples/
 	$(BIN)/iir validate $(SPEC) examples/*.yaml
 
-bench: install ## Benchmark the proxy against a direct upstream (see docs/performance.md)
-	@echo "make bench: not built yet (performance issue)"; exit 2
+bench-deps: ## Install the benchmark's Debian tools (nginx-light, wrk) if missing
+	@command -v wrk >/dev/null && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; } || { \
+	  echo "==> installing nginx-light and wrk (Debian)"; \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx-light wrk) >/dev/null; }
+	@echo "bench tools: $$( (nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1) | head -1), $$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+
+bench: install bench-deps ## Benchmark the router vs a direct nginx upstream (~8 min; table + benchmarks/results/*.json)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-quick: install bench-deps ## Smoke run of the benchmark harness (~2 min, short runs)
+	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
+
+bench-soak: install bench-deps ## Leak check: router RSS after 200,000 requests vs after 10,000
+	$(BIN)/python -m benchmarks.soak $(BENCH_ARGS)
+
+bench-profile: install bench-deps ## py-spy profile of one router worker under load (KIND=json|sse|cached)
+	@$(BIN)/python -c "import pyinstrument" 2>/dev/null && test -x $(BIN)/py-spy || $(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m benchmarks.profile --kind $(or $(KIND),json) $(BENCH_ARGS)
 
 docs-serve: install ## Serve the documentation site on http://127.0.0.1:8001
 	@echo "make docs-serve: not built yet (deployment issue)"; exit 2
