@@ -59,6 +59,19 @@ def parse_level(name: str) -> int:
     return _LEVELS.get(name.strip().lower(), logging.INFO)
 
 
+# Attributes every LogRecord has: anything else on a record came from ``extra=``.
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "fields"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any] | None:
+    """The structured fields of a record: ``emit``'s, else whatever ``extra=`` added."""
+    fields = getattr(record, "fields", None)
+    if fields is not None:
+        return fields  # type: ignore[no-any-return]
+    extra = {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS}
+    return extra or None
+
+
 class _Masking(logging.Formatter):
     """Base formatter: masks configured secret values in the finished line."""
 
@@ -96,7 +109,7 @@ class JsonFormatter(_Masking):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {"ts": self.stamp(record.created), "level": record.levelname.lower(),
                                "logger": record.name, "event": record.getMessage()}
-        fields = getattr(record, "fields", None)
+        fields = _fields(record)
         if fields:
             doc.update(fields)
         exc = self.exception_text(record)
@@ -123,7 +136,7 @@ class TextFormatter(_Masking):
 
     def format(self, record: logging.LogRecord) -> str:
         parts = [self.stamp(record.created), f"{record.levelname:<7}", record.getMessage()]
-        fields = getattr(record, "fields", None)
+        fields = _fields(record)
         if fields:
             parts.extend(f"{k}={_text_value(v)}" for k, v in fields.items())
         line = " ".join(parts)

@@ -221,3 +221,13 @@ def test_stdout_is_buffered_only_when_not_a_terminal(monkeypatch: pytest.MonkeyP
         configure_logging(ServerSettings())
         ours = [h for h in logging.getLogger().handlers if getattr(h, "_iir_handler", False)]
         assert isinstance(ours[0], BufferedStreamHandler) is expect
+
+
+def test_plain_extra_fields_are_structured_too() -> None:
+    out = io.StringIO()
+    configure_logging(ServerSettings(), stream=out)
+    logging.getLogger("iir.agents").info("agent deregistered", extra={"agent": "a1", "known": True})
+    logging.getLogger("iir.other").warning("plain %s", "message")
+    first, second = (orjson.loads(line) for line in _lines(out))
+    assert (first["event"], first["agent"], first["known"]) == ("agent deregistered", "a1", True)
+    assert second["event"] == "plain message" and "agent" not in second
