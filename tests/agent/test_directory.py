@@ -1,0 +1,141 @@
+"""The agent directory (memory and Redis) and the small pure pieces of the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from iir.agent.config import DEFAULT_MODEL, load_agent_config
+from iir.agent.engine import StopMatcher
+from iir.agent.engine_vllm import parse_vllm_metrics
+from iir.agent.registration import Backoff
+from iir.policies.agents import (
+    AgentDirectory,
+    AgentEntry,
+    MemoryAgentDirectory,
+    RedisAgentDirectory,
+    agent_id_for,
+)
+
+
+def _entry(port: int = 5000, models: tuple[str, ...] = ("tiny-demo",)) -> AgentEntry:
+    url = f"http://127.0.0.1:{port}"
+    return AgentEntry(id=agent_id_for(url), url=url, models=models, name=f"laptop-{port}", context_window=512,
+                      capabilities=("json",), engine="transformers", device="cpu", max_queue=4)
+
+
+async def _exercise(directory: AgentDirectory) -> None:
+    await directory.start()
+    try:
+        first = await directory.register(_entry(5000))
+        await directory.register(_entry(5001, ("other",)))
+        snap = directory.snapshot()
+        assert [b.name for b in snap.candidates("tiny-demo", 30)] == ["agents/127.0.0.1:5000"]
+        assert [b.name for b in snap.candidates(None, 30)] == ["agents/127.0.0.1:5000", "agents/127.0.0.1:5001"]
+        backend = snap.candidates("tiny-demo", 30)[0]
+        assert backend.dynamic and backend.protocol == "agent" and backend.base_url == "http://127.0.0.1:5000"
+        assert backend.context_window == 512 and backend.capabilities == frozenset({"json"})
+
+        await asyncio.sleep(0.3)
+        assert directory.snapshot().candidates("tiny-demo", 0.2) == ()  # stale: heartbeat older than timeout
+        beat = await directory.heartbeat(first.id, {"queue_length": 3, "in_flight": 1, "tokens_per_second": 9.5})
+        assert beat is not None and beat.queue_length == 3 and beat.in_flight == 1
+        assert [b.name for b in directory.snapshot().candidates("tiny-demo", 0.2)] == ["agents/127.0.0.1:5000"]
+
+        again = await directory.register(_entry(5000))  # re-registration keeps registered_at
+        assert again.registered_at == pytest.approx(first.registered_at)
+        assert await directory.heartbeat("127.0.0.1:9", {}) is None
+        assert await directory.deregister(first.id) is True
+        assert await directory.deregister(first.id) is False
+        assert [e.id for e in await directory.entries()] == ["127.0.0.1:5001"]
+        assert await directory.deregister("127.0.0.1:5001") is True
+        assert directory.snapshot().entries == ()
+    finally:
+        await directory.close()
+
+
+async def test_memory_directory() -> None:
+    await _exercise(MemoryAgentDirectory())
+
+
+@pytest.mark.redis
+async def test_redis_directory_and_replicas_agree(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    client_a, client_b = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    try:
+        await _exercise(RedisAgentDirectory(client_a))
+        a, b = RedisAgentDirectory(client_a), RedisAgentDirectory(client_b, refresh_interval=0.1)
+        await a.start()
+        await b.start()
+        await a.register(_entry(6000))
+        for _ in range(20):  # b's background refresh picks it up
+            if b.snapshot().candidates("tiny-demo", 30):
+                break
+            await asyncio.sleep(0.05)
+        assert [e.name for e in b.snapshot().entries] == ["laptop-6000"]
+        assert abs(b.snapshot().clock_offset) < 5  # Redis and local clocks are the same machine here
+        await b.deregister(agent_id_for("http://127.0.0.1:6000"))
+        assert a.snapshot().get("127.0.0.1:6000") is not None  # until a's next refresh
+        await a.refresh()
+        assert a.snapshot().entries == ()
+        await a.close()
+        await b.close()
+    finally:
+        await client_a.aclose()
+        await client_b.aclose()
+
+
+def test_agent_id_is_the_address() -> None:
+    assert agent_id_for("http://127.0.0.1:5000/") == "127.0.0.1:5000"
+    assert agent_id_for("https://Laptop.local:8443/agent") == "laptop.local:8443/agent"
+
+
+def test_stop_matcher_holds_back_partial_matches() -> None:
+    m = StopMatcher(("END",))
+    out = [m.feed(d) for d in ("Hello E", "N", "D tail")]
+    assert "".join(out) == "Hello " and m.stopped
+    m = StopMatcher(("xyz",))
+    assert m.feed("abcxy") + m.flush() == "abcxy"
+    assert StopMatcher.cut("a, b. c", (".", ",")) == ("a", True)
+    assert StopMatcher.cut("abc", ()) == ("abc", False)
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    b = Backoff(base=0.5, cap=4.0, rng=random.Random(1))
+    delays = [b.next() for _ in range(12)]
+    assert all(0.25 <= d <= 4.0 for d in delays)
+    assert max(delays[6:]) > max(delays[:2])
+    b.reset()
+    assert b.next() <= 0.5
+
+
+def test_parse_vllm_metrics_sums_label_sets() -> None:
+    text = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="tiny-demo"} 2.0
+vllm:num_requests_running{engine="1",model_name="tiny-demo"} 1.0
+vllm:num_requests_waiting{engine="0",model_name="tiny-demo"} 4.0
+vllm:kv_cache_usage_perc{engine="0",model_name="tiny-demo"} 0.25
+vllm:prompt_tokens_total{engine="0",model_name="tiny-demo"} 99.0
+"""
+    assert parse_vllm_metrics(text) == {"running": 3.0, "waiting": 4.0, "kv_cache_usage_perc": 0.25}
+
+
+def test_agent_config_precedence(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("port: 5100\nmax_queue: 3\nmodels: {mine: /models/mine}\nmodel: mine\nrouter_url: http://a\n")
+    env = {"ROUTER_URL": "http://router:8000", "IIR_HEARTBEAT_INTERVAL": "2.5", "IIR_AGENT_TOKEN": "t0k"}
+    config = load_agent_config(cfg, env, {"port": 5200, "host": None})
+    assert config.port == 5200 and config.max_queue == 3 and config.router_url == "http://router:8000"
+    assert config.heartbeat_interval == 2.5 and config.token is not None and "t0k" not in repr(config)
+    assert config.model_source() == "/models/mine" and config.served_name() == "mine"
+    assert DEFAULT_MODEL in load_agent_config(None, {}).models
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_queue: 0\nengine: tpu\n")
+    with pytest.raises(ValueError, match="max_queue") as err:
+        load_agent_config(bad, {})
+    assert "engine" in str(err.value)
