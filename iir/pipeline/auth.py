@@ -26,8 +26,8 @@ def presented_key(request: web.Request) -> str | None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    value = request.headers.get("x-api-key")
-    return value.strip() if value and value.strip() else None
+    api_key = request.headers.get("x-api-key")
+    return api_key.strip() if api_key and api_key.strip() else None
 
 
 def resolve_key(auth: AuthTable, presented: str | None) -> ClientKey | None:

@@ -78,7 +78,7 @@ def selection_request(ctx: RequestContext, tokens: TokenCounter | None = None) -
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
         needs.add("json")
-    prefix = []
+    prefix: list[str] = []
     for m in body.get("messages") or ():
         content = m.get("content") if isinstance(m, dict) else None
         if isinstance(content, list):

@@ -34,7 +34,8 @@ class Services:
 
 SERVICES = web.AppKey("iir.services", Services)
 #: The live table getter of this process (set by the server before start-up; reload-aware).
-CURRENT_TABLE = web.AppKey("iir.current_table", Callable[[], RoutingTable])
+CURRENT_TABLE: web.AppKey[Callable[[], RoutingTable]] = web.AppKey(
+    "iir.current_table", Callable[[], RoutingTable])  # type: ignore[arg-type]
 
 
 async def open_services(app: web.Application) -> AsyncIterator[None]:

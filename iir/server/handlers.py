@@ -20,7 +20,7 @@ __all__ = ["CHAIN", "HeaderTooLargeError", "error_body", "error_response", "hand
 
 log = logging.getLogger("iir.server")
 
-CHAIN = web.AppKey("iir.chain", Next)
+CHAIN: web.AppKey[Next] = web.AppKey("iir.chain", Next)  # type: ignore[arg-type]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 
