@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create the venv and install iir with dev and agent extras
 
-system-deps: ## Install Debian packages the tests need (redis-server) if missing
+system-deps: ## Install Debian packages the tests need (redis-server; nginx-light and wrk for tests/bench) if missing
 	@command -v redis-server >/dev/null || { echo "==> installing redis-server"; \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server) >/dev/null; }
+	@$(MAKE) --no-print-directory bench-deps
 
 run: install ## Serve the embedded default spec (iir.yaml) with the demo agent on 127.0.0.1:8000
 	$(BIN)/iir run-demo --spec $(SPEC)
