@@ -260,29 +260,25 @@ def set_secrets(secrets: Iterable[str]) -> None:
             handler.formatter.secrets = values
 
 
+_RECORD_DEFAULTS = {k: v for k, v in logging.LogRecord("", 0, "", 0, "", (), None).__dict__.items()}
+_RECORD_DEFAULTS.update(pathname="", filename="", module="", funcName="", lineno=0, thread=None, threadName=None,
+                        process=None, processName=None, taskName=None, relativeCreated=0.0)
+
+
 class EventRecord(logging.LogRecord):
     """A log record for a structured event, built in a fraction of a ``LogRecord``'s cost.
 
     Events carry their own context, so there is no caller lookup, thread or process capture;
-    the standard attributes exist (as class defaults) so that any handler or formatter, such as
-    pytest's, can still read them."""
-
-    pathname = filename = module = funcName = ""
-    lineno = 0
-    thread = threadName = process = processName = taskName = None
-    stack_info = exc_info = exc_text = None
-    relativeCreated = 0.0
-    args = ()
+    every standard attribute is still present (some formatters, pytest's among them, read the
+    record's ``__dict__``)."""
 
     def __init__(self, name: str, level: int, event: str, fields: Mapping[str, Any]) -> None:
         # LogRecord.__init__ is skipped on purpose: it is the expensive part.
-        self.name = name
-        self.levelno = level
-        self.levelname = logging.getLevelName(level)
-        self.msg = event
-        self.fields = fields
-        self.created = time.time()
-        self.msecs = (self.created % 1) * 1000
+        d = self.__dict__
+        d.update(_RECORD_DEFAULTS)
+        created = time.time()
+        d.update(name=name, levelno=level, levelname=logging.getLevelName(level), msg=event, fields=fields,
+                 created=created, msecs=(created % 1) * 1000)
 
 
 def emit(logger: logging.Logger, level: int, event: str, fields: Mapping[str, Any]) -> None:

@@ -231,3 +231,12 @@ def test_plain_extra_fields_are_structured_too() -> None:
     first, second = (orjson.loads(line) for line in _lines(out))
     assert (first["event"], first["agent"], first["known"]) == ("agent deregistered", "a1", True)
     assert second["event"] == "plain message" and "agent" not in second
+
+
+def test_event_records_work_with_any_formatter() -> None:
+    from iir.observability.logging import EventRecord
+
+    record = EventRecord("iir.request", logging.INFO, "request", {"status": 200})
+    plain = logging.Formatter("%(asctime)s %(levelname)s %(name)s:%(filename)s:%(lineno)d %(process)s %(message)s")
+    assert plain.format(record).endswith("INFO iir.request::0 None request")
+    assert logging.Formatter("{levelname} {message}", style="{").format(record) == "INFO request"
