@@ -206,6 +206,7 @@ async def _relay_stream(ctx: RequestContext, adapter: Adapter, backend: Backend,
         e.message = _mask_credentials(e.message, backend)
         if out is None:
             raise _Retry(e) if e.retryable else e from None
+        resp.close()  # the upstream connection is in an unknown state: never reuse it
         return await _fail_stream(ctx, out, e)
 
 

@@ -30,7 +30,7 @@ UPSTREAM_MODEL = "upstream-model-v1"  # what the fake upstream reports: the rout
 class Upstream:
     """A loopback OpenAI-compatible server. Set ``mode`` per test."""
 
-    mode: str = "ok"  # ok | status | hang | delay | break | slow | ok_no_done
+    mode: str = "ok"  # ok | status | hang | delay | break | stall | slow | ok_no_done
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
     error_body: bytes = b'{"error": {"message": "boom from upstream", "type": "server_error"}}'
@@ -108,6 +108,8 @@ class Upstream:
                     assert request.transport is not None
                     request.transport.close()  # die mid-stream
                     return resp
+                if i == 0 and self.mode == "stall":
+                    await asyncio.sleep(30)  # silent: the router's idle timeout must fire
                 if self.mode == "slow":
                     while True:
                         await asyncio.sleep(0.05)

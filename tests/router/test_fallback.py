@@ -186,3 +186,17 @@ async def test_upstream_echoing_our_credentials_is_masked(upstreams, router):
     assert e.value.status_code == 502 and "internal failure" in e.value.message
     assert "sk-backend-secret-42" not in e.value.response.text
     assert a.request_headers[-1]["authorization"] == "Bearer sk-backend-secret-42"
+
+
+async def test_idle_timeout_mid_stream_ends_with_sse_error_and_closes_upstream(upstreams, router):
+    a = await upstreams(mode="stall")
+    spec = SPEC.format(a=a.url, b=a.url, fb="5s").replace("to: [a, b]", "to: [a]").replace("idle: 2s", "idle: 300ms")
+    srv = await router(spec)
+    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="k", max_retries=0)
+    stream = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
+                                                  stream=True)
+    with pytest.raises(openai.APIError, match=r"timed out \(idle\)"):
+        async for _ in stream:
+            pass
+    await asyncio.wait_for(a.disconnected.wait(), 2)
+    assert len(a.requests) == 1
