@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from aiohttp import web
 
 from iir.errors import NoBackendError
+from iir.observability.metrics import METRICS_KEY
 from iir.pipeline import auth, cache, observe, parse, ratelimit, relay, route, select
 from iir.pipeline.context import Next, RequestContext, Stage
 from iir.pipeline.services import CURRENT_TABLE, open_services
@@ -32,7 +33,9 @@ Resource = Callable[[web.Application], AsyncIterator[None]]
 
 def _open_policies(app: web.Application) -> AsyncIterator[None]:
     """Policy services (token counter, health board, stores, semantic matcher) for the stages."""
-    return open_policies(app[CURRENT_TABLE], semantic_factory=SemanticMatcher)(app)
+    metrics = app.get(METRICS_KEY)  # circuit transitions → iir_backend_healthy
+    return open_policies(app[CURRENT_TABLE], semantic_factory=SemanticMatcher,
+                         on_health_change=metrics.set_backend_health if metrics is not None else None)(app)
 
 
 #: Resources opened (in this order) before the stages are built; closed in reverse.

@@ -149,3 +149,25 @@ async def test_known_traffic_logs_and_counts_exactly(tmp_path: Path) -> None:
     assert value(m, "iir_backend_healthy", backend="cloud") == 1  # EXTERNAL_OPENAI_KEY is set
     assert value(m, "iir_config_reloads_total", result="success") == 1
     assert value(m, "iir_spec_info") == 1
+
+
+async def test_open_circuit_shows_in_backend_health(tmp_path: Path) -> None:
+    async with upstream() as up:
+        spec = write_spec(tmp_path, up.url)
+        spec.write_text(spec.read_text().replace("policies:\n", "policies:\n  health: {failures: 2, cooldown: 60s}\n"))
+        env = {**ENV, "SQLITE_DB_PATH": str(tmp_path / "iir.db")}
+        server = await start(spec, host="127.0.0.1", port=0, env=env, watch=False)
+        try:
+            ci = _client(server.port, KEY_CI)
+            base = f"http://127.0.0.1:{server.port}"
+            async with aiohttp.ClientSession() as s:
+                before = await (await s.get(f"{base}/metrics")).text()
+                for i in range(2):
+                    with pytest.raises(openai.APIStatusError):
+                        await _chat(ci, f"r-{i}", "broken")
+                after = await (await s.get(f"{base}/metrics")).text()
+        finally:
+            await server.stop()
+    assert value(before, "iir_backend_healthy", backend="bad") == 1
+    assert value(after, "iir_backend_healthy", backend="bad") == 0
+    assert value(after, "iir_backend_healthy", backend="good") == 1
