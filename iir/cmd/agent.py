@@ -179,13 +179,19 @@ def run_demo(spec_file: str) -> None:
         procs.append(subprocess.Popen([sys.executable, "-m", "iir", "serve", "--spec", spec_file]))
         _wait_http(f"{router_url}/healthz", procs[1], "the router", 120)
         click.echo(DEMO_BANNER.format(router=router_url, agent=agent_url))
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
+        stopping: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C also reaches the children: exit quietly
+            signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+        if stopping:
+            click.echo("\niir run-demo: stopping", err=True)
+            return
         dead = next(p for p in procs if p.poll() is not None)
         click.echo(f"iir run-demo: {'agent' if dead is procs[0] else 'router'} exited "
                    f"(code {dead.returncode}); stopping", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C while starting
         click.echo("\niir run-demo: stopping", err=True)
     finally:
         _stop_all(procs)
