@@ -150,6 +150,7 @@ class Metrics:
         self._models_table: RoutingTable | None = None
         self._models: frozenset[str] = frozenset()
         self._extra_models: set[str] = set()
+        self._unconfigured: set[str] = set()
         for result in ("success", "failure"):
             self.reloads.labels(result)  # present (at 0) from the start: rate() needs a first sample
 
@@ -246,8 +247,15 @@ class Metrics:
         self.spec_loaded_time.set(self.spec_loaded_at)
         self.forget_backends(table.backends)
         for name, backend in table.backends.items():
-            if not backend.dynamic:
-                self.set_backend_health(name, backend.configured)
+            if backend.dynamic:
+                continue
+            known = (id(self.backend_healthy), name) in self._children
+            if not backend.configured:
+                self._unconfigured.add(name)
+                self.set_backend_health(name, False)
+            elif not known or name in self._unconfigured:  # keep the circuit breaker's verdict otherwise
+                self._unconfigured.discard(name)
+                self.set_backend_health(name, True)
 
     def reload(self, ok: bool) -> None:
         self._child(self.reloads, ("success" if ok else "failure",)).inc()

@@ -213,3 +213,22 @@ def test_each_app_has_its_own_registry(table) -> None:
     from prometheus_client import generate_latest
     assert value(generate_latest(a.registry).decode(), "iir_config_reloads_total", result="success") == 1
     assert value(generate_latest(b.registry).decode(), "iir_config_reloads_total", result="success") == 0
+
+
+def test_reload_keeps_circuit_verdicts_and_tracks_configuration(table) -> None:
+    from dataclasses import replace
+
+    from prometheus_client import generate_latest
+
+    m = Metrics()
+    m.on_spec_loaded(table)
+    m.set_backend_health("local-a", False)  # the circuit breaker opened it
+    unconfigured = replace(table.backends["local-b"], configured=False, unconfigured_reason="no key")
+    m.on_spec_loaded(replace(table, backends={**table.backends, "local-b": unconfigured}))
+    text = generate_latest(m.registry).decode()
+    assert value(text, "iir_backend_healthy", backend="local-a") == 0
+    assert value(text, "iir_backend_healthy", backend="local-b") == 0
+    m.on_spec_loaded(replace(table, backends={"local-b": table.backends["local-b"]}))  # key added, local-a gone
+    text = generate_latest(m.registry).decode()
+    assert value(text, "iir_backend_healthy", backend="local-b") == 1
+    assert 'backend="local-a"' not in text
