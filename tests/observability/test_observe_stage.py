@@ -59,12 +59,15 @@ async def _inner(ctx: RequestContext) -> web.StreamResponse:
         ctx.backend = "local-a"
     ctx.upstream_seconds = 0.002
     ctx.usage = {"prompt_tokens": 11, "completion_tokens": 3}
-    if scenario == "stream" or scenario == "disconnect":
+    if scenario in ("stream", "disconnect", "stream-broken"):
         ctx.stream = True
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(ctx.http)
         await resp.write(b'data: {"x": 1}\n\n')
         ctx.first_byte_at = time.perf_counter()
+        if scenario == "stream-broken":  # the upstream failed after the first byte: SSE error event
+            ctx.error = "upstream_error"
+            await resp.write(b'data: {"error": {"message": "backend broke off"}}\n\n')
         if scenario == "disconnect":
             for _ in range(500):  # until the write notices the client is gone
                 await asyncio.sleep(0.01)
@@ -232,3 +235,14 @@ def test_reload_keeps_circuit_verdicts_and_tracks_configuration(table) -> None:
     text = generate_latest(m.registry).decode()
     assert value(text, "iir_backend_healthy", backend="local-b") == 1
     assert 'backend="local-a"' not in text
+
+
+async def test_stream_broken_after_first_byte_is_an_error_with_status_200(served) -> None:
+    base, out, _ = served
+    async with aiohttp.ClientSession() as s:
+        assert await _post(s, base, "stream-broken", "r-broken") == 200
+        text = await (await s.get(f"{base}/metrics")).text()
+    ev = _events(out)["r-broken"]
+    assert (ev["status"], ev["error"], ev["level"]) == (200, "upstream_error", "warning")
+    assert value(text, "iir_request_errors_total", code="upstream_error") == 1
+    assert value(text, "iir_requests_total", status="200") == 1
