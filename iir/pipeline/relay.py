@@ -68,7 +68,7 @@ async def _open(ctx: RequestContext, services: Services, backend: Backend, up: U
     t = backend.timeouts
     start = time.perf_counter()
     try:
-        async with asyncio.timeout(t.connect + t.first_byte):
+        async with asyncio.timeout(min(t.connect + t.first_byte, t.total)):
             return await services.http.request(up.method, up.url, data=up.body, headers=up.headers,
                                                timeout=_client_timeout(services, t), allow_redirects=False)
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:

@@ -14,7 +14,7 @@ from iir.pipeline.chain import RESOURCES, STAGES, Resource, StageFactory, build_
 from iir.pipeline.services import CURRENT_TABLE, SERVICES
 from iir.server import anthropic_ingress, metrics_api
 from iir.server.admin import add_admin_routes
-from iir.server.handlers import CHAIN, HeaderTooLargeError, error_response
+from iir.server.handlers import CHAIN, HeaderTooLargeError, error_response, request_id
 from iir.server.reload import watcher_ctx
 from iir.server.routes import add_routes
 from iir.server.state import TABLE_STATE, TableState
@@ -43,15 +43,17 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     for name, value in request.raw_headers:
         if len(value) + len(name) > MAX_HEADER_FIELD:
             return error_response(HeaderTooLargeError(
-                f"header {name[:64].decode('latin-1')!r} is {len(value)} bytes; at most {MAX_HEADER_FIELD} accepted"))
+                f"header {name[:64].decode('latin-1')!r} is {len(value)} bytes; at most {MAX_HEADER_FIELD} accepted"),
+                {"x-request-id": request_id(request)})
     try:
         return await handler(request)
     except web.HTTPNotFound:
         return error_response(ModelNotFoundError(f"no such endpoint: {request.method} {request.path}",
-                                                 code="unknown_url"))
+                                                 code="unknown_url"), {"x-request-id": request_id(request)})
     except web.HTTPMethodNotAllowed as e:
         return error_response(_MethodNotAllowed(f"method {request.method} not allowed on {request.path}; "
-                                                f"use {', '.join(sorted(e.allowed_methods))}"))
+                                                f"use {', '.join(sorted(e.allowed_methods))}"),
+                              {"x-request-id": request_id(request), "allow": ", ".join(sorted(e.allowed_methods))})
 
 
 def _optional_agents_api(app: web.Application) -> Callable[[RoutingTable, str | None], tuple[Backend, ...]] | None:

@@ -16,7 +16,7 @@ from iir.errors import BadRequestError, IIRError
 from iir.pipeline.context import Next, RequestContext
 from iir.server.state import TABLE_STATE
 
-__all__ = ["CHAIN", "HeaderTooLargeError", "error_body", "error_response", "handler_for", "run_pipeline"]
+__all__ = ["CHAIN", "HeaderTooLargeError", "error_body", "error_response", "handler_for", "request_id", "run_pipeline"]
 
 log = logging.getLogger("iir.server")
 
