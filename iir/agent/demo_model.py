@@ -213,7 +213,7 @@ def _build(out_dir: Path, recipe: Recipe, say: Progress) -> Path:
         head_dim=recipe.head_dim, num_key_value_heads=recipe.num_key_value_heads,
         max_position_embeddings=recipe.max_position_embeddings, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, torch_dtype="float32",
+        pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
     ids, labels, mask = _training_batch(tokenizer, recipe)

@@ -120,7 +120,7 @@ class TransformersEngine:
         except OSError as e:
             where = str(path) if local else f"hub id {self.source!r}" + (" (HF_HUB_OFFLINE is set)" if offline else "")
             raise EngineStartError(f"cannot load model {self.model!r} from {where}: {e}") from None
-        self._model = model.to(self.device).eval()
+        self._model = model.to(self.device).eval()  # type: ignore[arg-type]
         window = getattr(model.config, "max_position_embeddings", None) or self._tokenizer.model_max_length
         self.context_window = min(self._configured_window or window, window)
         log.info("model loaded", extra={"model": self.model, "source": self.source, "device": self.device,

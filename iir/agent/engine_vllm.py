@@ -250,7 +250,8 @@ class VllmEngine:
         assert self._session is not None
         path, body = prepared.payload
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        finish, usage = "stop", {}
+        finish: str = "stop"
+        usage: dict[str, Any] = {}
         async with self._session.post(f"{self.base_url}{path}", json=body, headers=self._headers()) as r:
             if r.status != 200:
                 raise _error_from(r.status, await r.read(), r.headers)

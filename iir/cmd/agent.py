@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 from urllib.parse import urlsplit
 
 import click
@@ -103,7 +104,7 @@ def agents_list(spec_file: str, as_json: bool) -> None:
     except (OSError, RegistryError, RedisError) as e:
         raise click.ClickException(f"cannot read the agent directory: {e}") from None
     timeout = table.agents.heartbeat_timeout
-    rows = [{"id": e.id, "name": e.name, "url": e.url, "models": list(e.models),
+    rows: list[dict[str, Any]] = [{"id": e.id, "name": e.name, "url": e.url, "models": list(e.models),
              "state": "live" if now - e.last_heartbeat <= timeout else "stale",
              "last_heartbeat_seconds_ago": round(max(0.0, now - e.last_heartbeat), 1),
              "queue_length": e.queue_length, "in_flight": e.in_flight, "context_window": e.context_window,

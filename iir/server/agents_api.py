@@ -55,7 +55,7 @@ __all__ = ["AGENTS", "check_agent_url", "setup"]
 
 log = logging.getLogger("iir.agents")
 AGENTS = web.AppKey("iir.agents", AgentDirectory)  # type: ignore[type-abstract]
-_GET_TABLE = web.AppKey("iir.agents.get_table", Callable[[], RoutingTable])  # type: ignore[arg-type]
+_GET_TABLE: web.AppKey[Callable[[], RoutingTable]] = web.AppKey("iir.agents.get_table")
 _MIRROR = web.AppKey("iir.agents.mirror", object)
 _MAX_BODY = 64 * 1024
 _MONITOR_INTERVAL = 1.0
