@@ -54,6 +54,7 @@ STAGES: tuple[StageFactory, ...] = (
     ratelimit.make_route_stage,  # per-route limits
     cache.make_stage,
     select.make_stage,
+    ratelimit.make_backend_stage,  # per-backend limits: drops candidates out of room
     relay.make_stage,
 )
 

@@ -6,6 +6,8 @@ Unknown models get a 404 listing what is available. Matching itself lives in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from iir.errors import ModelNotFoundError
@@ -14,7 +16,7 @@ from iir.plugins.matching import estimate_tokens, features_from_body, match_rout
 from iir.policies.runtime import POLICIES, PolicyServices
 from iir.table import Route, RoutingTable
 
-__all__ = ["find_route", "make_stage", "model_not_found"]
+__all__ = ["find_route", "make_stage", "model_not_found", "needs_prompt_size"]
 
 
 def model_not_found(table: RoutingTable, model: str) -> ModelNotFoundError:
@@ -23,16 +25,30 @@ def model_not_found(table: RoutingTable, model: str) -> ModelNotFoundError:
                               param="model")
 
 
+def _no_count(_text: str) -> int:
+    return 0
+
+
+def needs_prompt_size(routes: tuple[Route, ...]) -> bool:
+    """Whether any of ``routes`` has a prompt-size condition (else matching skips counting)."""
+    return any(r.match.prompt_tokens_min is not None or r.match.prompt_tokens_max is not None for r in routes)
+
+
 async def find_route(ctx: RequestContext, policies: PolicyServices | None) -> Route | None:
-    """The first matching route; counts the prompt once (the token counter) if not yet done."""
+    """The first matching route. The prompt is counted (once, by the shared token counter) only
+    when a candidate route has a prompt-size condition; later stages count lazily otherwise."""
     tokens = policies.tokens if policies is not None else None
-    if not ctx.prompt_tokens and tokens is not None:
-        ctx.prompt_tokens = tokens.count_request(ctx.body, ctx.endpoint, ctx.model)
+    count: Callable[[str], int] = _no_count
+    if not ctx.prompt_tokens and needs_prompt_size(ctx.table.routes_for(ctx.model)):
+        if tokens is not None:
+            ctx.prompt_tokens = tokens.count_request(ctx.body, ctx.endpoint, ctx.model)
+        else:
+            count = estimate_tokens
     counted = ctx.prompt_tokens
     features = features_from_body(
         ctx.body, headers=ctx.http.headers, key_name=ctx.key.name if ctx.key else None,
-        count_tokens=(lambda _text: counted) if counted else estimate_tokens)
-    if not counted:
+        count_tokens=(lambda _text: counted) if counted else count)
+    if not counted and count is not _no_count:
         ctx.prompt_tokens = features.prompt_tokens
     semantic = None
     if policies is not None and policies.semantic is not None:

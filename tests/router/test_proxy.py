@@ -199,3 +199,37 @@ async def test_registered_agent_serves_route_target_agents(upstreams, router):
     assert raw.parse().choices[0].message.content == "Hello from the tiny model!"
     assert raw.parse().model == "auto"
     await client.close()
+
+
+SIZE_SPEC = """
+version: 1
+state: {{registry: "{{registry}}"}}
+backends:
+  small: {{kind: openai-compatible, url: "{a}", models: [m]}}
+  big: {{kind: openai-compatible, url: "{b}", models: [m]}}
+routes:
+  - name: short-prompts
+    match: {{model: auto, prompt_tokens: {{max: 50}}, tools: false}}
+    to: [small]
+  - name: rest
+    match: {{model: auto}}
+    to: [big]
+"""
+
+
+async def test_prompt_size_and_tools_rules_pick_the_route(upstreams, router):
+    a, b = await upstreams(), await upstreams()
+    srv = await router(SIZE_SPEC.format(a=a.url, b=b.url))
+    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="unused", max_retries=0)
+    short = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}])
+    assert short.headers["x-iir-route"].startswith("short-prompts") and short.headers["x-iir-backend"] == "small"
+    long = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "lorem ipsum dolor sit amet " * 40}])
+    assert long.headers["x-iir-route"].startswith("rest") and long.headers["x-iir-backend"] == "big"
+    tools = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}],
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+    assert tools.headers["x-iir-backend"] == "big"
+    assert short.parse().model == "auto" and a.requests[0]["model"] == "m"  # alias mapped to the backend's model
+    await client.close()
