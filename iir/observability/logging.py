@@ -243,7 +243,7 @@ def configure_logging(server: ServerSettings, *, stream: IO[str] | None = None,
     logging.logThreads = False
     logging.logMultiprocessing = False
     level = parse_level(server.log_level)
-    root.setLevel(level)
+    root.setLevel(max(level, logging.INFO))  # debug is for iir's own loggers; libraries stay at info
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(level)
     # One structured line per request replaces aiohttp's access log.

@@ -240,3 +240,13 @@ def test_event_records_work_with_any_formatter() -> None:
     plain = logging.Formatter("%(asctime)s %(levelname)s %(name)s:%(filename)s:%(lineno)d %(process)s %(message)s")
     assert plain.format(record).endswith("INFO iir.request::0 None request")
     assert logging.Formatter("{levelname} {message}", style="{").format(record) == "INFO request"
+
+
+def test_debug_is_for_iir_loggers_only() -> None:
+    out = io.StringIO()
+    configure_logging(ServerSettings(log_level="debug"), stream=out)
+    logging.getLogger("iir.pipeline").debug("ours")
+    logging.getLogger("watchfiles.main").debug("theirs")
+    logging.getLogger("watchfiles.main").info("theirs at info")
+    events = [orjson.loads(line)["event"] for line in _lines(out)]
+    assert events == ["ours", "theirs at info"]
