@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ class PolicyServices:
 
     tokens: TokenCounter = field(default_factory=TokenCounter)
     health: HealthBoard = field(default_factory=HealthBoard)
+    rng: random.Random = field(default_factory=random.Random)  # weighted strategy; one per app
     _stores: dict[tuple[str, str], StateStore] = field(default_factory=dict)
     _limiters: dict[int, RateLimiter] = field(default_factory=dict)
     _caches: dict[int, ResponseCache] = field(default_factory=dict)
