@@ -108,7 +108,7 @@ def select_candidates(ctx: RequestContext, live_agents: LiveAgents,
     strategy = ctx.route.strategy if ctx.route is not None else "priority"
     health = policies.health_for(ctx.table) if policies is not None else None
     chosen = select(backends, selection_request(ctx, policies.tokens if policies else None), strategy, health,
-                    dropped=dropped)
+                    dropped=dropped, rng=policies.rng if policies is not None else None)
     if ctx.route is not None:
         ctx.response_headers["x-iir-route"] = explain_header(ctx.route.name, chosen)
     return [Candidate(c.backend, kept=c.kept, reason=c.reason, score=c.score) for c in chosen.candidates]
