@@ -111,14 +111,22 @@ def bench_routing(sizes: list[tuple[int, int]], workdir: Path, budget_s: float) 
             row[case] = {"model": model, "route": getattr(route, "name", repr(route)[:40]),
                          "us": round(per_call_us(lambda b=body, f=decide: f(b), budget_s), 3)}
         out["rows"].append(row)
-    base = out["rows"][0]
-    worst = 0.0
-    for row in out["rows"]:
-        for case in ("first-rule", "last-exact-rule", "catch-all"):
-            worst = max(worst, row[case]["us"] / max(base[case]["us"], 1e-9))
-    out["worst_ratio_vs_smallest"] = round(worst, 2)
-    out["target"] = "flat within 2x from 10 to 10,000 models"
-    out["met"] = worst <= 2.0
+    def worst_ratio(rows: list[dict[str, Any]]) -> float:
+        base, worst = rows[0], 0.0
+        for row in rows:
+            for case in ("first-rule", "last-exact-rule", "catch-all"):
+                worst = max(worst, row[case]["us"] / max(base[case]["us"], 1e-9))
+        return round(worst, 2)
+
+    # The target is about the number of models (same 10 rules); growing the number of rules is
+    # reported too (glob rules are tried in order, so it is expected to grow with them).
+    few_rules = [r for r in out["rows"] if r["rules"] == out["rows"][0]["rules"]]
+    out["worst_ratio_vs_smallest"] = worst_ratio(few_rules)
+    many_rules = [out["rows"][0], *(r for r in out["rows"] if r["rules"] > out["rows"][0]["rules"])]
+    if len(many_rules) > 1:
+        out["rules_worst_ratio_vs_smallest"] = worst_ratio(many_rules)
+    out["target"] = f"flat within 2x from {few_rules[0]['models']:,} to {few_rules[-1]['models']:,} models"
+    out["met"] = out["worst_ratio_vs_smallest"] <= 2.0
     return out
 
 
@@ -155,7 +163,7 @@ def bench_compile(models: int, rules: int, workdir: Path) -> dict[str, Any]:
     return {"models": models, "rules": rules, "bytes": path.stat().st_size,
             "load_s": round(t1 - t0, 4), "check_s": round(t2 - t1, 4), "compile_s": round(t3 - t2, 4),
             "swap_s": round(t4 - t3, 7), "total_s": round(total, 4),
-            "target": "< 1 s", "met": total < 1.0}
+            "target": "< 1 s" if rules <= 10 else "none (informative)", "met": total < 1.0 if rules <= 10 else None}
 
 
 def bench_tokens(budget_s: float) -> dict[str, Any]:
@@ -244,19 +252,21 @@ def main(argv: list[str] | None = None) -> int:
             for row in r["rows"]:
                 print(f"  {row['models']:>7} {row['rules']:>6} {row['first-rule']['us']:>14.2f} "
                       f"{row['last-exact-rule']['us']:>14.2f} {row['catch-all']['us']:>13.2f}")
-            print(f"  worst ratio vs the smallest spec: {r['worst_ratio_vs_smallest']}x "
+            print(f"  worst ratio vs the smallest spec, growing models: {r['worst_ratio_vs_smallest']}x "
                   f"(target {r['target']}: {'met' if r['met'] else 'MISSED'})")
+            if "rules_worst_ratio_vs_smallest" in r:
+                print(f"  worst ratio vs the smallest spec, growing rules: {r['rules_worst_ratio_vs_smallest']}x (no target)")
             results["features"] = ft = bench_features(budget)
             if "us" in ft:
                 print(f"  request features, once per request ({ft['how']}): {ft['us']:.2f} µs")
         if "compile" in only:
-            shapes = [(10000, 10)] if not args.quick else [(1000, 10)]
+            shapes = [(10000, 10), (1000, 1000)] if not args.quick else [(1000, 10)]
             results["compile"] = rows = [bench_compile(m, n, work) for m, n in shapes]
             for c in rows:
                 print(f"compile+swap, {c['models']} models / {c['rules']} rules ({c['bytes'] // 1024} KiB): "
                       f"total {c['total_s']:.3f} s = load {c['load_s']:.3f} + check {c['check_s']:.3f} + "
                       f"compile {c['compile_s']:.3f} + swap {c['swap_s'] * 1e6:.1f} µs "
-                      f"(target {c['target']}: {'met' if c['met'] else 'MISSED'})")
+                      f"(target {c['target']}" + (f": {'met' if c['met'] else 'MISSED'})" if c["met"] is not None else ")"))
         if "tokens" in only:
             results["tokens"] = tk = bench_tokens(budget)
             for row in tk.get("rows", []):

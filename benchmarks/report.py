@@ -124,6 +124,8 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
         m = micro["routing"]
         out.append(_v("routing_flat", m["target"], f"worst {m['worst_ratio_vs_smallest']}x", m["met"], m.get("how", "")))
     for c in micro.get("compile", []):
+        if c.get("met") is None:
+            continue  # informative shapes (many rules) have no target
         out.append(_v("compile_swap", f"compile + swap of a {c['models']}-model spec < 1 s", f"{c['total_s']:.3f} s",
                       c["met"], f"load {c['load_s']:.3f} + check {c['check_s']:.3f} + compile {c['compile_s']:.3f} s"))
     soak = results.get("soak")
