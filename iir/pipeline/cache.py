@@ -116,8 +116,7 @@ async def _lead(ctx: RequestContext, nxt: Next, cache: ResponseCache, key: str, 
         return resp
     finally:
         ctx.extras.pop("capture", None)
-        cache.flight.finish(key, encoded)
-        del fut
+        cache.flight.finish(key, fut, encoded)
 
 
 async def _follow(fut: asyncio.Future[bytes | None]) -> dict[str, Any] | None:

@@ -212,9 +212,11 @@ class SingleFlight:
         self._calls[key] = fut
         return fut
 
-    def finish(self, key: str, entry: bytes | None) -> None:
-        fut = self._calls.pop(key, None)
-        if fut is not None and not fut.done():
+    def finish(self, key: str, fut: asyncio.Future[bytes | None], entry: bytes | None) -> None:
+        """Resolve ``fut`` (the leader's own call); unregister it if it is still the current one."""
+        if self._calls.get(key) is fut:
+            del self._calls[key]
+        if not fut.done():
             fut.set_result(entry)
 
     def __len__(self) -> int:

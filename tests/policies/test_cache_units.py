@@ -80,3 +80,20 @@ def test_capture_limit():
     assert cap.value() == b"12345" and not cap.overflow
     cap.feed(b"678901")
     assert cap.overflow and cap.value() == b""
+
+
+async def test_single_flight_overlapping_leaders_release_their_own_followers():
+    import asyncio
+
+    from iir.policies.cache import SingleFlight
+
+    flight = SingleFlight()
+    first = flight.lead("k")
+    second = flight.lead("k")  # e.g. a no-cache request leading while another call is in flight
+    assert flight.in_flight("k") is second
+    flight.finish("k", first, b"one")
+    assert first.result() == b"one"
+    assert flight.in_flight("k") is second and not second.done()
+    flight.finish("k", second, None)
+    assert second.result() is None and flight.in_flight("k") is None and len(flight) == 0
+    await asyncio.sleep(0)
