@@ -40,14 +40,15 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
             ratio = f"{r['rps'] / d['rps']:.2f}"
             added = f"{lat['p50'] - d['latency_ms']['p50']:+.3f}"
         errs = sum(r["errors"].values())
+        own = (r.get("router_overhead_ms") or {}).get("p50")
         rows.append([r["kind"], str(r["concurrency"]), r["target"], f"{r['rps']:.0f}", _fmt(lat["p50"]), _fmt(lat["p90"]),
                      _fmt(lat["p99"]), _fmt(r.get("cpu_ms_per_req")), "/".join(f"{x:.0f}" for x in r.get("rss_mb", [])) or "-",
-                     ratio, added, str(errs) if errs else ""])
+                     ratio, added, _fmt(own), str(errs) if errs else ""])
     return rows
 
 
 _HEAD = ["shape", "conc", "target", "req/s", "p50 ms", "p90 ms", "p99 ms", "CPU ms/req", "RSS MB",
-         "req/s vs direct", "p50 vs direct ms", "errors"]
+         "req/s vs direct", "p50 vs direct ms", "own ms p50", "errors"]
 
 
 def table(results: dict[str, Any], markdown: bool = False) -> str:

@@ -81,6 +81,27 @@ def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple
         return int(e.code), {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
+def overhead_from_log(log: Path, offset: int) -> dict[str, Any] | None:
+    """p50/p90 of ``overhead_ms`` (the router's own time, upstream waits excluded) over the
+    ``request`` lines logged after ``offset``: the router's own view of its added latency."""
+    values = []
+    with log.open("rb") as f:
+        f.seek(offset)
+        for line in f:
+            if b'"event":"request"' not in line:
+                continue
+            try:
+                v = orjson.loads(line).get("overhead_ms")
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(v, int | float):
+                values.append(float(v))
+    if len(values) < 2:
+        return None
+    values.sort()
+    return {"n": len(values), "p50": round(values[len(values) // 2], 3), "p90": round(values[int(len(values) * 0.9)], 3)}
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args, self.workdir = args, workdir
@@ -92,12 +113,13 @@ class Bench:
         print(msg, flush=True)
 
     def scenario(self, target: str, workers: int, kind: str, url: str, pid_root: int,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, log: Path | None = None) -> None:
         model, stream, temperature = KINDS[kind]
         body = chat_request_body(model, stream, temperature)
         for c in self.args.concurrency:
             run_wrk(url, body, connections=c, duration=self.args.warmup, threads=self.args.wrk_threads, headers=headers)
             accepted = self.mock.accepted_connections() if self.mock else 0
+            log_from = log.stat().st_size if log is not None else 0
             before = tree_usage(pid_root)
             res = run_wrk(url, body, connections=c, duration=self.args.duration, threads=self.args.wrk_threads,
                           headers=headers)
@@ -109,6 +131,8 @@ class Bench:
                    "cpu_s": round(cpu, 3),
                    "cpu_ms_per_req": round(cpu * 1000 / res.requests, 4) if res.requests else None,
                    "rss_mb": after.rss_mb, "pids": len(after.pids), "upstream_conns_opened": opened}
+            if log is not None:
+                row["router_overhead_ms"] = overhead_from_log(log, log_from)
             self.runs.append(row)
             err = f"  ERRORS {res.errors}" if res.error_count else ""
             self.log(f"  {target:<9} {kind:<6} c={c:<3} {res.rps:>9.0f} req/s  p50 {res.latency_ms['p50']:>8.3f} ms  "
@@ -164,7 +188,7 @@ class Bench:
                                   "hits (x-iir-cache absent or not 'hit'); the 'cached' rows are plain proxying")
             kinds = ["json", "sse", "cached"]
             for kind in kinds:
-                self.scenario(f"iir-{workers}w", workers, kind, r.base + CHAT, r.pid)
+                self.scenario(f"iir-{workers}w", workers, kind, r.base + CHAT, r.pid, log=r.log)
             if workers == 1:
                 extra.update(self.latency_checks(mock, trickle, r))
             extra["rss_mb_end"] = tree_usage(r.pid).rss_mb

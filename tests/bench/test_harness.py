@@ -165,6 +165,20 @@ def test_report_table_and_verdicts() -> None:
     assert report.table(results, markdown=True).startswith("| shape |")
 
 
+def test_router_overhead_is_read_from_the_request_log_lines(tmp_path: Path) -> None:
+    from benchmarks.run import overhead_from_log
+
+    log = tmp_path / "router.log"
+    log.write_bytes(b'{"event":"request","overhead_ms":9.0}\n')
+    offset = log.stat().st_size
+    with log.open("ab") as f:
+        for v in (0.5, 0.7, 0.6, 2.0):
+            f.write(orjson.dumps({"ts": "x", "event": "request", "overhead_ms": v}) + b"\n")
+        f.write(b'{"event":"startup"}\nnot json\n')
+    got = overhead_from_log(log, offset)
+    assert got == {"n": 4, "p50": 0.7, "p90": 2.0}
+
+
 def test_leak_verdict() -> None:
     assert leak_verdict([60.0], [62.9])["met"] is True
     assert leak_verdict([60.0, 30.0], [64.0, 30.0])["met"] is False
