@@ -68,6 +68,7 @@ class BackendStats:
     external_queue: float = 0.0  # agent heartbeat queue length or vLLM waiting + running
     external_at: float = 0.0
     slots: asyncio.Semaphore | None = None
+    slots_cap: int = 0
 
 
 class HealthBoard:
@@ -173,8 +174,8 @@ class HealthBoard:
             yield
             return
         s = self.stats(backend.name)
-        if s.slots is None:
-            s.slots = asyncio.Semaphore(backend.max_inflight)
+        if s.slots is None or s.slots_cap != backend.max_inflight:  # first use, or changed by a reload
+            s.slots, s.slots_cap = asyncio.Semaphore(backend.max_inflight), backend.max_inflight
         sem = s.slots
         if sem.locked():
             s.waiting += 1

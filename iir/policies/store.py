@@ -155,42 +155,54 @@ class MemoryStore(StateStore):
 
     kind = "memory"
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, max_entries: int = 100_000) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, max_entries: int = 100_000,
+                 max_bytes: int = 256 * 1024 * 1024) -> None:
         self._clock = clock
         self._values: dict[str, tuple[bytes, float]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # key:bucket -> (count, expires)
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._ops = 0
 
     def _now(self) -> float:
         return float(self._clock())
 
+    def _drop(self, key: str) -> None:
+        item = self._values.pop(key, None)
+        if item is not None:
+            self._bytes -= len(item[0])
+
     def _sweep(self, now: float) -> None:
         self._ops += 1
-        if self._ops % 1024 and len(self._values) < self._max_entries:
+        full = len(self._values) >= self._max_entries or self._bytes > self._max_bytes
+        if self._ops % 1024 and not full:
             return
-        for store in (self._values, self._buckets):
-            for k in [k for k, (_, exp) in store.items() if exp <= now]:
-                del store[k]
-        while len(self._values) >= self._max_entries:  # oldest-inserted first
-            del self._values[next(iter(self._values))]
+        for k in [k for k, (_, exp) in self._values.items() if exp <= now]:
+            self._drop(k)
+        for k in [k for k, (_, exp) in self._buckets.items() if exp <= now]:
+            del self._buckets[k]
+        while self._values and (len(self._values) >= self._max_entries or self._bytes > self._max_bytes):
+            self._drop(next(iter(self._values)))  # oldest-inserted first
 
     async def get(self, key: str) -> bytes | None:
         item = self._values.get(key)
         if item is None:
             return None
         if item[1] <= self._now():
-            del self._values[key]
+            self._drop(key)
             return None
         return item[0]
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         now = self._now()
-        self._sweep(now)
+        self._drop(key)
         self._values[key] = (value, now + ttl)
+        self._bytes += len(value)
+        self._sweep(now)
 
     async def delete(self, key: str) -> None:
-        self._values.pop(key, None)
+        self._drop(key)
 
     def _count(self, key: str, now: float) -> float:
         item = self._buckets.get(key)

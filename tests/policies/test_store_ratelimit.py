@@ -161,3 +161,11 @@ async def test_redis_killed_fail_open_and_closed(own_redis, caplog):
     outage_lines = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert 1 <= len(outage_lines) <= 2  # logged once per interval, not once per request
     await store.close()
+
+
+async def test_memory_store_is_bounded():
+    st = MemoryStore(max_entries=10, max_bytes=1000)
+    for i in range(50):
+        await st.set(f"k{i}", b"x" * 100, 60)
+    kept = [i for i in range(50) if await st.get(f"k{i}") is not None]
+    assert len(kept) <= 10 and kept[-1] == 49  # the newest survive
