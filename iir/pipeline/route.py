@@ -6,14 +6,16 @@ Unknown models get a 404 listing what is available. Matching itself lives in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol, cast
 
 from aiohttp import web
 
 from iir.errors import ModelNotFoundError
 from iir.pipeline.context import Next, RequestContext, Stage
-from iir.plugins.matching import estimate_tokens, features_from_body, match_route
-from iir.policies.runtime import POLICIES, PolicyServices
+from iir.plugins.matching import SemanticMatcher, estimate_tokens, features_from_body, match_route
+from iir.policies.runtime import POLICIES
+from iir.policies.tokens import TokenCounter
 from iir.table import Route, RoutingTable
 
 __all__ = ["find_route", "make_stage", "model_not_found", "needs_prompt_size"]
@@ -25,6 +27,12 @@ def model_not_found(table: RoutingTable, model: str) -> ModelNotFoundError:
                               param="model")
 
 
+class SemanticSource(Protocol):
+    """The app's semantic matcher (iir.plugins.semantic.SemanticMatcher)."""
+
+    def matcher_for(self, table: RoutingTable, text: str) -> Awaitable[SemanticMatcher | None]: ...
+
+
 def _no_count(_text: str) -> int:
     return 0
 
@@ -34,10 +42,11 @@ def needs_prompt_size(routes: tuple[Route, ...]) -> bool:
     return any(r.match.prompt_tokens_min is not None or r.match.prompt_tokens_max is not None for r in routes)
 
 
-async def find_route(ctx: RequestContext, policies: PolicyServices | None) -> Route | None:
+async def find_route(ctx: RequestContext, tokens: TokenCounter | None = None,
+                     semantic: SemanticSource | None = None) -> Route | None:
     """The first matching route. The prompt is counted (once, by the shared token counter) only
-    when a candidate route has a prompt-size condition; later stages count lazily otherwise."""
-    tokens = policies.tokens if policies is not None else None
+    when a candidate route has a prompt-size condition; later stages count lazily otherwise.
+    ``semantic`` (the app's semantic matcher) is consulted only for tables with semantic rules."""
     count: Callable[[str], int] = _no_count
     if not ctx.prompt_tokens and needs_prompt_size(ctx.table.routes_for(ctx.model)):
         if tokens is not None:
@@ -50,18 +59,30 @@ async def find_route(ctx: RequestContext, policies: PolicyServices | None) -> Ro
         count_tokens=(lambda _text: counted) if counted else count)
     if not counted and count is not _no_count:
         ctx.prompt_tokens = features.prompt_tokens
-    semantic = None
-    if policies is not None and policies.semantic is not None:
-        semantic = await policies.semantic.matcher_for(ctx.table, features.last_user_text)  # type: ignore[attr-defined]
-    route, _ = match_route(ctx.table, features, semantic=semantic)
+    matcher = None
+    if semantic is not None:
+        matcher = await semantic.matcher_for(ctx.table, features.last_user_text)
+    route, _ = match_route(ctx.table, features, semantic=matcher)
     return route
+
+
+def has_semantic(table: RoutingTable) -> bool:
+    """Whether any rule has a semantic condition."""
+    return any(r.match.semantic_examples for r in table.routes)
 
 
 def make_stage(app: web.Application) -> Stage:
     policies = app.get(POLICIES)
+    tokens = policies.tokens if policies is not None else None
+    semantic = cast("SemanticSource | None", policies.semantic if policies is not None else None)
+    seen: dict[str, bool] = {}  # table digest → has a semantic rule (one entry: the live table)
 
     async def _route(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
-        route = await find_route(ctx, policies)
+        uses_semantic = seen.get(ctx.table.digest)
+        if uses_semantic is None:
+            seen.clear()
+            uses_semantic = seen[ctx.table.digest] = has_semantic(ctx.table)
+        route = await find_route(ctx, tokens, semantic if uses_semantic else None)
         if route is None:
             raise model_not_found(ctx.table, ctx.model)
         ctx.route = route

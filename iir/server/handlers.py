@@ -4,9 +4,11 @@ OpenAI's error JSON. Nothing below this module writes an error response.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -29,11 +31,18 @@ class HeaderTooLargeError(BadRequestError):
     code = "request_header_too_large"
 
 
-def request_id(request: web.Request) -> str:
+def request_id(request: web.Request, ids: Iterator[str] | None = None) -> str:
+    """The client's ``x-request-id`` when it is sane, else a new one (from ``ids`` if given)."""
     incoming = request.headers.get("x-request-id")
     if incoming and _REQUEST_ID.match(incoming):
         return incoming
-    return secrets.token_hex(12)
+    return next(ids) if ids is not None else secrets.token_hex(12)
+
+
+def request_ids() -> Iterator[str]:
+    """Unique request ids without a syscall each: a random per-process prefix and a counter."""
+    prefix = secrets.token_hex(6)
+    return (f"{prefix}{n:08x}" for n in itertools.count(1))
 
 
 def error_body(e: IIRError) -> bytes:
@@ -65,9 +74,11 @@ async def _run(ctx: RequestContext, chain: Next) -> web.StreamResponse:
 def handler_for(endpoint: str):
     """The aiohttp handler for one OpenAI endpoint (chat, completions, embeddings)."""
 
+    ids = request_ids()
+
     async def handle(request: web.Request) -> web.StreamResponse:
         app = request.app
-        rid = request_id(request)
+        rid = request_id(request, ids)
         ctx = RequestContext(http=request, table=app[TABLE_STATE].table, request_id=rid, endpoint=endpoint)
         ctx.response_headers["x-request-id"] = rid
         return await _run(ctx, app[CHAIN])
