@@ -8,6 +8,7 @@ supplies provider presets (``EXTERNAL_<PROVIDER>_KEY``, ``<PROVIDER>_BASE_URL``,
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 from collections.abc import Mapping
@@ -101,8 +102,23 @@ def _route_index(routes: tuple[t.Route, ...]) -> tuple[dict[str, tuple[t.Route, 
     for r in routes:
         for name in r.match.models:
             by_model.setdefault(name, []).append(r)
-    merged = {name: tuple(sorted({*rs, *generic}, key=lambda r: r.index)) for name, rs in by_model.items()}
+    generic_indexes = [r.index for r in generic]
+    merged = {name: _merge_by_index(rs, generic, generic_indexes) for name, rs in by_model.items()}
     return merged, generic
+
+
+def _merge_by_index(named: list[t.Route], generic: tuple[t.Route, ...], indexes: list[int]) -> tuple[t.Route, ...]:
+    """Insert the (few) routes naming a model into the generic routes, keeping spec order and
+    dropping a route present in both. Bisect + slices: no per-route Python loop over ``generic``."""
+    out: list[t.Route] = []
+    start = 0
+    for r in named:
+        k = bisect.bisect_left(indexes, r.index, lo=start)
+        out.extend(generic[start:k])
+        out.append(r)
+        start = k + 1 if k < len(indexes) and indexes[k] == r.index else k
+    out.extend(generic[start:])
+    return tuple(out)
 
 
 def compile_spec(spec: m.Spec, env: Mapping[str, str], source: str = "iir.yaml") -> t.RoutingTable:

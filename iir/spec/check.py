@@ -22,6 +22,7 @@ own. A fallback list is walked once, in order, so there is nothing that could lo
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Mapping
 
 from iir.errors import Diagnostic
@@ -139,34 +140,74 @@ def _only_model(mt: m.Match) -> bool:
     return mt.model_copy(update={"model": []}) == m.Match.model_validate({})
 
 
-def _covers(earlier: list[str], later: list[str]) -> bool:
-    """Does the model condition ``earlier`` accept every model that ``later`` accepts?"""
-    if not earlier:
-        return True
-    if not later:
-        return False
-    for pattern in later:
-        if pattern in earlier:
-            continue
-        if _is_glob(pattern):
-            if not any(e == "*" for e in earlier):
-                return False
-        elif not any(fnmatch.fnmatchcase(pattern, e) for e in earlier):
-            return False
-    return True
+class _Coverage:
+    """Models already taken by earlier routes whose only condition is the model (or no
+    condition at all). Lookups are O(1) for exact names and one regex search for globs."""
+
+    def __init__(self) -> None:
+        self.catch_all: int | None = None
+        self.exact: dict[str, int] = {}
+        self.globs: dict[str, int] = {}
+        self._glob_re: re.Pattern[str] | None = None
+
+    def add(self, index: int, patterns: list[str]) -> None:
+        if not patterns or "*" in patterns:
+            if self.catch_all is None:
+                self.catch_all = index
+            return
+        for p in patterns:
+            if _is_glob(p):
+                if p not in self.globs:
+                    self.globs[p] = index
+                    self._glob_re = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in self.globs))
+            else:
+                self.exact.setdefault(p, index)
+
+    def covering(self, patterns: list[str]) -> set[int] | None:
+        """Indexes of the earlier routes that together take every model ``patterns`` accept, or None."""
+        if self.catch_all is not None:
+            return {self.catch_all}
+        if not patterns:
+            return None
+        found: set[int] = set()
+        for p in patterns:
+            if p in self.globs:
+                found.add(self.globs[p])
+            elif _is_glob(p):
+                return None
+            else:
+                first = [self.exact[p]] if p in self.exact else []
+                if self._glob_re is not None and self._glob_re.match(p):
+                    first.append(next(i for g, i in self.globs.items() if fnmatch.fnmatchcase(p, g)))
+                if not first:
+                    return None
+                found.add(min(first))
+        return found
 
 
 def _check_shadowing(spec: m.Spec, smap: SourceMap, diags: list[Diagnostic]) -> None:
+    """Warn about routes no request can reach. One pass: O(routes), not O(routes²)."""
+    seen: dict[str, int] = {}
+    coverage = _Coverage()
     for j, later in enumerate(spec.routes):
-        for i in range(j):
-            earlier = spec.routes[i]
-            same = earlier.match == later.match
-            wider = _only_model(earlier.match) and _covers(earlier.match.model, later.match.model)
-            if same or wider:
-                how = "has the same conditions" if same else "matches every request this one matches"
-                diags.append(_warn(smap, ("routes", j, "name"),
-                                   f"route {later.name!r} can never match: route {earlier.name!r} (routes[{i}]) {how}"))
-                break
+        key = later.match.model_dump_json()
+        covering = coverage.covering(later.match.model)
+        if key in seen and not covering:
+            i = seen[key]
+            how = f"route {spec.routes[i].name!r} (routes[{i}]) has the same conditions"
+        elif covering and len(covering) == 1:
+            i = covering.pop()
+            how = f"route {spec.routes[i].name!r} (routes[{i}]) matches every request this one matches"
+        elif covering:
+            names = ", ".join(repr(spec.routes[i].name) for i in sorted(covering))
+            how = f"routes {names} together match every request this one matches"
+        else:
+            how = ""
+        if how:
+            diags.append(_warn(smap, ("routes", j, "name"), f"route {later.name!r} can never match: {how}"))
+        seen.setdefault(key, j)
+        if _only_model(later.match):
+            coverage.add(j, later.match.model)
 
 
 def _check_auth(spec: m.Spec, smap: SourceMap, diags: list[Diagnostic]) -> None:

@@ -10,6 +10,7 @@ returned as warnings on :class:`LoadedSpec`.
 from __future__ import annotations
 
 import re
+import warnings as _warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,11 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+try:  # libyaml-based parser (ruamel.yaml.clibz / clib): ~5x faster, used when the spec is clean
+    from ruamel.yaml.cyaml import CSafeLoader
+except ImportError:  # pragma: no cover - depends on the installed wheels
+    CSafeLoader = None
+
 from iir.errors import ConfigError, Diagnostic
 from iir.spec.diagnose import dotted, pydantic_diagnostics
 from iir.spec.models import Spec
@@ -28,7 +34,7 @@ __all__ = ["MAX_SPEC_BYTES", "MAX_SPEC_NODES", "SECRET_KEYS", "LoadedSpec", "Sou
            "load_spec", "load_text", "parse_yaml"]
 
 MAX_SPEC_BYTES = 5 * 1024 * 1024
-MAX_SPEC_NODES = 50_000  # guards against alias bombs ("billion laughs")
+MAX_SPEC_NODES = 1_000_000  # values after alias expansion: guards against "billion laughs"
 SECRET_KEYS = frozenset({"api_key", "key", "admin_token", "token"})
 SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization"})
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -45,9 +51,19 @@ class SourceMap:
     values: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     from_env: set[Path_] = field(default_factory=set)
+    pending_text: str | None = field(default=None, repr=False)
+
+    def _fill(self) -> None:
+        """Positions are found lazily: a clean spec loaded by the fast parser never needs them;
+        the first diagnostic re-parses the text with the round-trip parser (which knows lines)."""
+        if self.pending_text is None:
+            return
+        text, self.pending_text = self.pending_text, None
+        _record_positions(parse_yaml(text, self.file), (), self, [0])
 
     def locate(self, path: Path_, *, key: bool = False) -> tuple[int, int]:
         """Best position for ``path``: itself, else its nearest ancestor."""
+        self._fill()
         table = self.keys if key else self.values
         p = tuple(path)
         while p:
@@ -99,10 +115,16 @@ def load_text(data: bytes | str, name: str, env: Mapping[str, str]) -> LoadedSpe
         raise ConfigError([Diagnostic(name, 1, 1, "", f"the spec is larger than {MAX_SPEC_BYTES} bytes")])
     if not text.strip():
         raise ConfigError([Diagnostic(name, 1, 1, "", "the spec file is empty")])
-    tree = parse_yaml(text, name)
-    if tree is None:
-        raise ConfigError([Diagnostic(name, 1, 1, "", "the spec file has no content (only comments)")])
     smap = SourceMap(name)
+    tree = _fast_parse(text)
+    if tree is None:
+        tree = parse_yaml(text, name)
+        if tree is None:
+            raise ConfigError([Diagnostic(name, 1, 1, "", "the spec file has no content (only comments)")])
+        _record_positions(tree, (), smap, [0])
+    else:
+        smap.pending_text = text
+    _check_expansion(tree, smap)
     diags: list[Diagnostic] = []
     warnings: list[Diagnostic] = []
     walker = _Walker(smap, env, diags, warnings, text)
@@ -170,47 +192,28 @@ class _Walker:
                  warnings: list[Diagnostic], text: str = "") -> None:
         self.smap, self.env, self.diags, self.warnings = smap, env, diags, warnings
         self.lines = text.splitlines()
-        self.nodes = 0
         self.unset: list[Path_] = []
         self.too_deep = False
 
     def walk(self, node: Any, path: Path_) -> Any:
-        self.nodes += 1
-        if self.nodes > MAX_SPEC_NODES:
-            top = path[:1]
-            raise ConfigError([self.smap.diag(
-                top, f"the spec expands to more than {MAX_SPEC_NODES} values (aliases repeating aliases?)")])
         if len(path) > 64:
             if not self.too_deep:
                 self.too_deep = True
                 self.diags.append(self.smap.diag(path, "nested more than 64 levels deep"))
             return None
-        if isinstance(node, CommentedMap):
+        if isinstance(node, dict):
             return self._map(node, path)
-        if isinstance(node, CommentedSeq):
-            items = []
-            for i, item in enumerate(node):
-                self._mark(node.lc.item, i, (*path, i), keys=False)
-                items.append(self.walk(item, (*path, i)))
-            return items
+        if isinstance(node, list):
+            return [self.walk(item, (*path, i)) for i, item in enumerate(node)]
         if isinstance(node, str):
             return self._scalar(str(node), path)
         return node
 
-    def _mark(self, getter: Any, index: Any, path: Path_, *, keys: bool) -> None:
-        try:
-            line, col = getter(index)
-        except (KeyError, TypeError, IndexError):
-            return
-        (self.smap.keys if keys else self.smap.values)[path] = (line + 1, col + 1)
-
-    def _map(self, node: CommentedMap, path: Path_) -> dict[str, Any]:
+    def _map(self, node: dict[Any, Any], path: Path_) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k in node:
             key = k if isinstance(k, str) else str(k)
             kpath = (*path, key)
-            self._mark(node.lc.key, k, kpath, keys=True)
-            self._mark(node.lc.value, k, kpath, keys=False)
             value = node[k]
             out[key] = self.walk(value, kpath)
             if isinstance(value, str) and "${" not in value and value.strip() and self._secret_field(path, key, value):
@@ -267,3 +270,84 @@ class _Walker:
         if result == "" and _VAR.fullmatch(value.strip()):
             return None
         return result
+
+
+def _fast_parse(text: str) -> Any:
+    """The document parsed by libyaml, or ``None`` to use the round-trip parser instead (no C
+    parser installed, a tab in the text, an empty document, or any YAML problem: the
+    round-trip parser then reports it with its exact position and wording)."""
+    if CSafeLoader is None or "\t" in text:
+        return None
+    loader = CSafeLoader(text, version=(1, 2))
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            return loader.get_single_data()
+    except (YAMLError, ValueError, TypeError, RecursionError):
+        return None  # not swallowed: the round-trip parser re-reads the text and reports it
+    finally:
+        loader.dispose()
+
+
+def _record_positions(node: Any, path: Path_, smap: SourceMap, budget: list[int]) -> None:
+    """Fill ``smap`` with the 1-based position of every key, value and item of a round-trip tree."""
+    budget[0] += 1
+    if budget[0] > MAX_SPEC_NODES or len(path) > 64:
+        return
+    if isinstance(node, CommentedMap):
+        for k in node:
+            kpath = (*path, k if isinstance(k, str) else str(k))
+            for table, getter in ((smap.keys, node.lc.key), (smap.values, node.lc.value)):
+                try:
+                    line, col = getter(k)
+                except (KeyError, TypeError, IndexError):
+                    continue
+                table[kpath] = (line + 1, col + 1)
+            _record_positions(node[k], kpath, smap, budget)
+    elif isinstance(node, CommentedSeq):
+        for i, item in enumerate(node):
+            try:
+                line, col = node.lc.item(i)
+                smap.values[(*path, i)] = (line + 1, col + 1)
+            except (KeyError, TypeError, IndexError):
+                pass
+            _record_positions(item, (*path, i), smap, budget)
+
+
+def _check_expansion(tree: Any, smap: SourceMap) -> None:
+    """Refuse documents whose aliases expand beyond :data:`MAX_SPEC_NODES` values, or that
+    refer to themselves. Sizes are memoised per node, so this costs one pass over the source."""
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, dict | list):
+            return 1
+        ident = id(node)
+        if ident in sizes:
+            return sizes[ident]
+        if ident in busy:
+            raise _Recursive
+        busy.add(ident)
+        children = node.values() if isinstance(node, dict) else node
+        total = 1 + sum(size(child) for child in children)
+        busy.discard(ident)
+        sizes[ident] = min(total, 10 * MAX_SPEC_NODES)
+        return sizes[ident]
+
+    items = list(tree.items()) if isinstance(tree, dict) else [(None, tree)]
+    try:
+        sized = [(size(value), key) for key, value in items]
+    except _Recursive:
+        raise ConfigError([smap.diag((), "an alias refers to the node that contains it (a recursive structure)")]) from None
+    except RecursionError:
+        raise ConfigError([smap.diag((), "the document is nested too deeply")]) from None
+    if sum(n for n, _ in sized) > MAX_SPEC_NODES:
+        _n, key = max(sized, key=lambda x: x[0])
+        path: Path_ = (str(key),) if key is not None else ()
+        raise ConfigError([smap.diag(
+            path, f"the spec expands to more than {MAX_SPEC_NODES} values (aliases repeating aliases?)")])
+
+
+class _Recursive(Exception):
+    """An alias refers to one of its own ancestors."""
