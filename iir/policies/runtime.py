@@ -96,7 +96,6 @@ def open_policies(get_table: Callable[[], RoutingTable] | None = None, *,
         services = PolicyServices(health=HealthBoard(circuit, on_health_change=on_health_change))
         if semantic_factory is not None:
             services.semantic = semantic_factory()
-        services.tokens.load()
         app[POLICIES] = services
         task: asyncio.Task[None] | None = None
         warm: asyncio.Future[object] | None = None

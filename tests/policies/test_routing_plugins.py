@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -183,6 +184,9 @@ def test_unknown_strategy_is_an_error(table):
 
 def test_token_counter_tiktoken_and_estimator():
     c = TokenCounter()
+    assert c.method == "estimate"  # nothing loaded until an OpenAI-family model is counted
+    c.count_text("warm", "llama-3.1-8b")
+    assert c.method == "estimate"
     assert c.load() == "tiktoken:cl100k_base"
     assert c.count_text("hello world", "gpt-4o-mini") == 2
     samples = [
@@ -195,11 +199,13 @@ def test_token_counter_tiktoken_and_estimator():
         "日本語のテキストです。東京は大きい都市です。" * 5,
         "snake_case_names = some_func(arg_one)\n" * 10,
         "1234567 89012 3.14159 2026-11-27 " * 10,
+        "Hi! Can you help me write an email to my landlord about the broken heating? Thanks.",
+        Path(__file__).read_text()[:3000],
     ]
     for text in samples:
         exact = c.count_text(text, "gpt-4")
-        assert c.count_text(text, "llama-3.1-8b") == exact  # cl100k is the estimate for other models
-        est = estimate_tokens(text)  # the fallback without tiktoken
+        est = c.count_text(text, "llama-3.1-8b")
+        assert est == estimate_tokens(text)  # other models: the calibrated estimator
         assert abs(est - exact) / exact <= 0.25, (text[:30], est, exact)
     body = {"model": "gpt-4", "messages": [{"role": "system", "content": "You are helpful."},
                                             {"role": "user", "content": "Hi"}]}
