@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -59,7 +58,7 @@ async def test_agent_started_before_the_router_registers_once_it_is_up(
     assert [(r["id"], r["state"], r["models"]) for r in rows] == [(f"127.0.0.1:{agent.port}", "live", ["tiny-demo"])]
 
 
-async def test_through_the_router_openai_sdk_stream_and_errors(
+async def test_through_the_router_openai_sdk_chat_and_stream(
         start_agent: StartAgent, routers: list[LocalRouter], tmp_path: Path) -> None:
     router = await LocalRouter(tmp_path).start()
     routers.append(router)
@@ -82,14 +81,35 @@ async def test_through_the_router_openai_sdk_stream_and_errors(
                 finish = choice.finish_reason or finish
         assert "".join(deltas) == DEMO_ANSWER and len([d for d in deltas if d]) >= 3
         assert finish == "stop" and usage is not None and usage.completion_tokens > 0
-        # Letters the tiny tokenizer has no merges for: ~1 token each for the agent, while the router's
-        # estimate (~200) lets the request through, so the agent itself must refuse it.
-        rng = random.Random(0)
-        long_prompt = "".join(rng.choice("qzxjkvwy") for _ in range(1200))
+
+
+STATIC_SPEC = """
+version: 1
+server: {{listen: "127.0.0.1:{port}"}}
+state: {{registry: "{registry}"}}
+backends:
+  laptop: {{kind: agent, url: "{agent}", models: [tiny-demo]}}
+routes:
+  - name: all
+    to: by-model
+"""
+
+
+async def test_agent_errors_reach_the_client_as_openai_errors(
+        start_agent: StartAgent, routers: list[LocalRouter], tmp_path: Path) -> None:
+    """A spec `kind: agent` backend that declares no context window: only the agent can refuse."""
+    agent = await start_agent()
+    router = LocalRouter(tmp_path)
+    router.spec.write_text(STATIC_SPEC.format(port=router.port, registry=tmp_path / "static.db", agent=agent.url))
+    routers.append(await router.start())
+    async with _sdk(router) as client:
+        assert (await client.chat.completions.create(
+            model="tiny-demo", messages=[{"role": "user", "content": "Hi!"}], temperature=0,
+        )).choices[0].message.content == DEMO_ANSWER
         for streaming in (False, True):  # streaming too: the error comes before the first byte
             with pytest.raises(openai.BadRequestError) as err:
                 await client.chat.completions.create(model="tiny-demo", stream=streaming,
-                                                     messages=[{"role": "user", "content": long_prompt}])
+                                                     messages=[{"role": "user", "content": "hello world " * 400}])
             assert err.value.status_code == 400
             assert "context window" in str(err.value.message)
 
