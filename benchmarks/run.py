@@ -72,6 +72,44 @@ def _git_commit() -> str:
     return _version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
 
 
+def calibrate() -> dict[str, float]:
+    """How fast this machine is right now, for comparing runs across machines: a loopback TCP
+    send+recv of 400 bytes and a pure-Python loop step (fastest of 5 batches each)."""
+    import socket
+
+    def best(fn: Any, n: int) -> float:
+        out = []
+        for _ in range(5):
+            t = time.perf_counter()
+            fn(n)
+            out.append((time.perf_counter() - t) / n)
+        return min(out)
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    cli = socket.create_connection(srv.getsockname())
+    peer, _ = srv.accept()
+    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    msg = b"x" * 400
+
+    def tcp(n: int) -> None:
+        for _ in range(n):
+            cli.send(msg)
+            peer.recv(65536)
+
+    def loop(n: int) -> None:
+        x = 0
+        for i in range(n):
+            x += i
+
+    try:
+        return {"tcp_send_recv_us": round(best(tcp, 2000) * 1e6, 2), "python_loop_ns": round(best(loop, 200_000) * 1e9, 2)}
+    finally:
+        for sock in (cli, peer, srv):
+            sock.close()
+
+
 def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
     try:
@@ -275,11 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": os.getloadavg(), "python": platform.python_version(),
         "nginx": _version([nginx_binary() or "nginx", "-v"]), "wrk": _version(["wrk", "-v"]),
         "duration_s": args.duration, "warmup_s": args.warmup, "concurrency": args.concurrency,
-        "wrk_threads": args.wrk_threads, "sse_chunks": SSE_CHUNKS,
+        "wrk_threads": args.wrk_threads, "sse_chunks": SSE_CHUNKS, "calibration": calibrate(),
     }
     print(f"iir bench: nginx mock ({meta['nginx']}), load by {meta['wrk'].split(' Copyright')[0]}, "
           f"{args.duration:g} s per run after {args.warmup:g} s warm-up, concurrency {args.concurrency}, "
-          f"load average at start {meta['loadavg_start'][0]:.1f} on {meta['cpus']} CPUs", flush=True)
+          f"load average at start {meta['loadavg_start'][0]:.1f} on {meta['cpus']} CPUs; loopback TCP send+recv "
+          f"{meta['calibration']['tcp_send_recv_us']} µs, Python loop step {meta['calibration']['python_loop_ns']} ns",
+          flush=True)
     results: dict[str, Any] = {"meta": meta}
     with tempfile.TemporaryDirectory(prefix="iir-bench-") as d:
         bench = Bench(args, Path(d))
