@@ -21,6 +21,7 @@ from iir.errors import IIRError, RateLimitedError
 from iir.pipeline.context import Next, RequestContext, Stage
 from iir.policies.ratelimit import PRE_ROUTE_SCOPES, Reservation, limits_for
 from iir.policies.runtime import POLICIES, PolicyServices
+from iir.policies.store import StateUnavailableError
 
 __all__ = ["make_backend_stage", "make_route_stage", "make_stage", "scope_ids"]
 
@@ -59,8 +60,16 @@ async def _run(ctx: RequestContext, nxt: Next, services: PolicyServices, pre_rou
     if not ctx.prompt_tokens:
         ctx.prompt_tokens = services.tokens.count_request(ctx.body, ctx.endpoint, ctx.model)
     limiter = services.limiter(table)
-    reservation = await limiter.admit(limits, scope_ids(ctx), ctx.prompt_tokens)
-    ctx.ratelimit = "fail-open" if reservation.fail_open else "ok"
+    try:
+        reservation = await limiter.admit(limits, scope_ids(ctx), ctx.prompt_tokens)
+    except RateLimitedError:
+        ctx.ratelimit = "limited"
+        raise
+    except StateUnavailableError:
+        ctx.ratelimit = "fail-closed"
+        raise
+    if ctx.ratelimit != "fail-open":  # a later stage never hides an earlier fail-open
+        ctx.ratelimit = "fail-open" if reservation.fail_open else "ok"
     ctx.response_headers.update(reservation.headers)
     prior = ctx.extras.get("ratelimit")
     if isinstance(prior, Reservation):
@@ -101,6 +110,7 @@ async def _run_backend(ctx: RequestContext, nxt: Next, services: PolicyServices)
             refusal = refusal or e
     if reservation is None:
         if refusal is not None:
+            ctx.ratelimit = "limited"
             raise refusal
         return await nxt(ctx)
     ctx.response_headers.update(reservation.headers)
