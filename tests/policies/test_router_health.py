@@ -96,3 +96,28 @@ policies:
     assert (a.calls, b.calls) == (2, 2)
     status, headers, raw = results[4]
     assert status == 429 and headers["x-ratelimit-limit-requests"] == "2" and b"a-cap" in raw
+
+
+async def test_affinity_by_session_header_and_route_explain(make_upstream, start_router):
+    ups = [await make_upstream(text=f"from u{i}") for i in range(3)]
+    backends = "\n".join(f'  u{i}: {{kind: openai-compatible, url: "{u.url}/v1", models: [m1]}}' for i, u in enumerate(ups))
+    base, _ = await start_router(f"""
+version: 1
+backends:
+{backends}
+routes:
+  - {{name: sticky, match: {{model: m1}}, to: [u0, u1, u2], strategy: affinity}}
+""")
+    seen: dict[str, set[bytes]] = {}
+    async with aiohttp.ClientSession() as s:
+        for session in ("alice", "bob", "carol", "dave", "erin", "frank"):
+            for _ in range(3):
+                async with s.post(f"{base}/v1/chat/completions", json=BODY, headers={"x-session-id": session},
+                                  timeout=aiohttp.ClientTimeout(total=20)) as r:
+                    assert r.status == 200
+                    raw = await r.read()
+                    route = r.headers["x-iir-route"]
+                seen.setdefault(session, set()).add(raw.split(b"from ")[1][:2])
+    assert all(len(v) == 1 for v in seen.values())  # each session sticks to one backend
+    assert len({next(iter(v)) for v in seen.values()}) >= 2  # and sessions spread
+    assert route.startswith("sticky; affinity; ") and "u0=" in route and "u1=" in route
