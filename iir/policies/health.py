@@ -83,6 +83,9 @@ class HealthBoard:
         self._stats: dict[str, BackendStats] = {}
         self._on_change = on_health_change
         self._external_ttl = external_ttl
+        #: optional live lookup of a backend's own queue (e.g. the agent directory's heartbeat
+        #: ``queue_length``); consulted by :meth:`load` before pushed reports.
+        self.queue_source: Callable[[str], float | None] | None = None
 
     def stats(self, name: str) -> BackendStats:
         s = self._stats.get(name)
@@ -156,10 +159,14 @@ class HealthBoard:
 
     def load(self, name: str) -> float:
         """In-flight here + queued for a slot here + the backend's own reported queue (if fresh)."""
+        live = self.queue_source(name) if self.queue_source is not None else None
         s = self._stats.get(name)
         if s is None:
-            return 0.0
-        ext = s.external_queue if self._clock() - s.external_at <= self._external_ttl else 0.0
+            return float(live or 0.0)
+        if live is not None:
+            ext = float(live)
+        else:
+            ext = s.external_queue if self._clock() - s.external_at <= self._external_ttl else 0.0
         return s.inflight + s.waiting + ext
 
     def ttft(self, name: str) -> float | None:

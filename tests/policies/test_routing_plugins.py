@@ -102,6 +102,11 @@ def test_least_loaded_prefers_shorter_queue(table):
     sel = select(backends(table, route), SelectionRequest("auto", 20), "least-loaded", health)
     assert sel.kept[0].backend.name == "laptop"
     assert "laptop=" in explain_header(route.name, sel)
+    # a live source (the agent directory's heartbeats) overrides pushed reports
+    queues = {"laptop": 10.0, "laptop2": 0.0}
+    health.queue_source = queues.get
+    sel = select(backends(table, route), SelectionRequest("auto", 20), "least-loaded", health)
+    assert sel.kept[0].backend.name == "laptop2"
 
 
 def test_circuit_breaker_skips_during_cooldown_then_retries(table):
