@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from iir.backends.jsonval import as_dict, as_int, as_list
 from iir.backends.sse_reader import SSEDecoder
 from iir.errors import BadRequestError
 
@@ -33,12 +34,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: 
                 429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error", 504: "timeout_error"}
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 # --------------------------------------------------------------------------- request
@@ -202,10 +198,10 @@ def to_openai_request(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def _usage(u: Any) -> dict[str, int]:
     u = u if isinstance(u, dict) else {}
-    details = _as_dict(u.get("prompt_tokens_details"))
-    cached = int(details.get("cached_tokens") or 0)
-    out = {"input_tokens": max(0, int(u.get("prompt_tokens") or 0) - cached),
-           "output_tokens": int(u.get("completion_tokens") or 0)}
+    details = as_dict(u.get("prompt_tokens_details"))
+    cached = as_int(details.get("cached_tokens"))
+    out = {"input_tokens": max(0, as_int(u.get("prompt_tokens")) - cached),
+           "output_tokens": as_int(u.get("completion_tokens"))}
     if cached:
         out["cache_read_input_tokens"] = cached
     return out
@@ -219,7 +215,7 @@ def from_openai_response(doc: Mapping[str, Any], *, model: str) -> dict[str, Any
     """An OpenAI ``chat.completion`` as an Anthropic Message (first choice)."""
     choices = doc.get("choices")
     choice: dict[str, Any] = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    message: dict[str, Any] = _as_dict(choice.get("message"))
+    message: dict[str, Any] = as_dict(choice.get("message"))
     content: list[dict[str, Any]] = []
     if message.get("content"):
         content.append({"type": "text", "text": str(message["content"])})
@@ -276,7 +272,7 @@ class AnthropicEgress:
         if not isinstance(doc, dict):
             return orjson.dumps(anthropic_error(502, "the backend answer could not be read"))
         if status >= 400 or "error" in doc:
-            err: dict[str, Any] = _as_dict(doc.get("error"))
+            err: dict[str, Any] = as_dict(doc.get("error"))
             return orjson.dumps(anthropic_error(status if status >= 400 else 502,
                                                 str(err.get("message") or "request failed")))
         return orjson.dumps(from_openai_response(doc, model=self.model))
@@ -311,18 +307,18 @@ class AnthropicEgress:
             return self._error("the backend stream carried an unexpected event")
         if isinstance(doc.get("error"), dict):
             return self._error(str(doc["error"].get("message") or "backend error"),
-                               int(doc["error"].get("status") or 0) or 500)
+                               as_int(doc["error"].get("status"), 500) or 500)
         out = self._start()
         if isinstance(doc.get("usage"), dict):
             self._usage = doc["usage"]
-        choices: list[Any] = _as_list(doc.get("choices"))
-        for choice in choices[:1]:
-            delta: dict[str, Any] = _as_dict(choice.get("delta")) if isinstance(choice, dict) else {}
+        choices: list[Any] = as_list(doc.get("choices"))
+        for choice in [c for c in choices[:1] if isinstance(c, dict)]:
+            delta = as_dict(choice.get("delta"))
             if delta.get("content"):
                 out += self._open("text", {"type": "text", "text": ""})
                 out += _sse("content_block_delta", {"type": "content_block_delta", "index": self._block,
                                                     "delta": {"type": "text_delta", "text": str(delta["content"])}})
-            for call in delta.get("tool_calls") or []:
+            for call in as_list(delta.get("tool_calls")):
                 out += self._tool_delta(call)
             if choice.get("finish_reason"):
                 self._finish = str(choice["finish_reason"])
@@ -354,8 +350,8 @@ class AnthropicEgress:
     def _tool_delta(self, call: Any) -> bytes:
         if not isinstance(call, dict):
             return b""
-        slot = int(call.get("index") or 0)
-        fn: dict[str, Any] = _as_dict(call.get("function"))
+        slot = as_int(call.get("index"))
+        fn: dict[str, Any] = as_dict(call.get("function"))
         out = b""
         if slot not in self._tool_slot:
             out += self._open("tool", {"type": "tool_use", "id": str(call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}"),

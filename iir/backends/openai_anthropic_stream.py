@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from iir.backends.jsonval import as_dict, as_int
 from iir.backends.provider_errors import malformed, upstream_http_error
 from iir.backends.sse_reader import SSEDecoder
 
@@ -29,16 +30,14 @@ ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "bill
                  "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def openai_usage(u: Any) -> dict[str, Any]:
     if not isinstance(u, dict):
         return {}
-    cached = int(u.get("cache_read_input_tokens") or 0)
-    prompt = int(u.get("input_tokens") or 0) + int(u.get("cache_creation_input_tokens") or 0) + cached
-    completion = int(u.get("output_tokens") or 0)
+    cached = as_int(u.get("cache_read_input_tokens"))
+    prompt = as_int(u.get("input_tokens")) + as_int(u.get("cache_creation_input_tokens")) + cached
+    completion = as_int(u.get("output_tokens"))
     out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
                            "total_tokens": prompt + completion}
     if cached:
@@ -129,8 +128,10 @@ class AnthropicStreamTranslator:
             return b""
         doc = parse_json(data, f"stream event {name or '(unnamed)'!r}")
         kind = doc.get("type") or name
+        if not isinstance(kind, str):
+            raise malformed(PROVIDER, "stream event with a non-string type")
         if kind == "error":
-            err: dict[str, Any] = _as_dict(doc.get("error"))
+            err: dict[str, Any] = as_dict(doc.get("error"))
             etype = str(err.get("type") or "api_error")
             raise upstream_http_error(PROVIDER, ERROR_STATUS.get(etype, 500), str(err.get("message") or ""),
                                       upstream_type=etype)
@@ -148,7 +149,7 @@ class AnthropicStreamTranslator:
         self._started = True
         self._id = str(msg.get("id") or self._id)
         self._model = self._model or str(msg.get("model") or "")
-        self._usage = dict(msg.get("usage") or {})
+        self._usage = dict(as_dict(msg.get("usage")))
         # held back until there is content: an error event right after message_start can
         # then still fall back to the next candidate (nothing reached the client yet)
         self._pending = self._chunk({"role": "assistant", "content": ""})

@@ -28,6 +28,7 @@ from urllib.parse import quote
 import orjson
 
 from iir.backends.base import Adapter, ClientRequest, StreamTranslator, UpstreamRequest
+from iir.backends.jsonval import as_int
 from iir.backends.openai_gemini_stream import (
     PROVIDER,
     THOUGHT_SEP,
@@ -278,7 +279,7 @@ def from_gemini_response(data: bytes | str | Mapping[str, Any], *, model: str = 
                                        "refusal": None}
             if calls:
                 message["tool_calls"] = calls
-            choices.append({"index": int(cand.get("index", i)), "message": message, "logprobs": None,
+            choices.append({"index": as_int(cand.get("index"), i), "message": message, "logprobs": None,
                             "finish_reason": finish_reason(cand.get("finishReason"), bool(calls)) or "stop"})
     out: dict[str, Any] = {"id": str(doc.get("responseId") or f"chatcmpl-{uuid.uuid4().hex[:24]}"),
                            "object": "chat.completion",

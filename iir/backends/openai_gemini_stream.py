@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from iir.apischema.gemini import BLOCKED_FINISH_REASONS
+from iir.backends.jsonval import as_dict, as_int
 from iir.backends.provider_errors import malformed, upstream_http_error
 from iir.backends.sse_reader import SSEDecoder
 from iir.errors import UpstreamError
@@ -29,8 +30,6 @@ PROVIDER = "gemini"
 THOUGHT_SEP = "__thought__"
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def finish_reason(reason: str | None, has_calls: bool) -> str | None:
@@ -47,13 +46,13 @@ def finish_reason(reason: str | None, has_calls: bool) -> str | None:
 def openai_usage(u: Any) -> dict[str, Any]:
     if not isinstance(u, dict):
         return {}
-    prompt = int(u.get("promptTokenCount") or 0)
-    thoughts = int(u.get("thoughtsTokenCount") or 0)
-    completion = int(u.get("candidatesTokenCount") or 0) + thoughts
+    prompt = as_int(u.get("promptTokenCount"))
+    thoughts = as_int(u.get("thoughtsTokenCount"))
+    completion = as_int(u.get("candidatesTokenCount")) + thoughts
     out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                           "total_tokens": int(u.get("totalTokenCount") or prompt + completion)}
+                           "total_tokens": as_int(u.get("totalTokenCount"), prompt + completion)}
     if u.get("cachedContentTokenCount"):
-        out["prompt_tokens_details"] = {"cached_tokens": int(u["cachedContentTokenCount"])}
+        out["prompt_tokens_details"] = {"cached_tokens": as_int(u["cachedContentTokenCount"])}
     if thoughts:
         out["completion_tokens_details"] = {"reasoning_tokens": thoughts}
     return out
@@ -123,7 +122,7 @@ def error_from_gemini(status: int, body: bytes, headers: Mapping[str, str] | Non
         doc = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         doc = None
-    err: dict[str, Any] = _as_dict(doc.get("error")) if isinstance(doc, dict) else {}
+    err: dict[str, Any] = as_dict(doc.get("error")) if isinstance(doc, dict) else {}
     message = str(err.get("message") or body[:200].decode("utf-8", errors="replace"))
     hdrs = {k.lower(): v for k, v in (headers or {}).items()}
     if "retry-after" not in hdrs and (delay := _retry_delay(err)):
@@ -200,7 +199,7 @@ class GeminiStreamTranslator:
             return b""
         doc = parse_json(data, "stream event")
         if isinstance(doc.get("error"), dict):
-            raise error_from_gemini(int(doc["error"].get("code") or 500), data.encode())
+            raise error_from_gemini(as_int(doc["error"].get("code"), 500) or 500, data.encode())
         if not self._model and doc.get("modelVersion"):
             self._model = str(doc["modelVersion"])
         if isinstance(doc.get("usageMetadata"), dict):
@@ -215,7 +214,7 @@ class GeminiStreamTranslator:
             raise malformed(PROVIDER, "'candidates' is not a list")
         out = b""
         for i, cand in enumerate(candidates):
-            index = int(cand.get("index", i)) if isinstance(cand, dict) else i
+            index = as_int(cand.get("index"), i) if isinstance(cand, dict) else i
             text, calls = candidate_parts(cand, f"candidates[{i}]")
             out += self._role(index)
             if text:
