@@ -127,10 +127,12 @@ def error_from_gemini(status: int, body: bytes, headers: Mapping[str, str] | Non
     hdrs = {k.lower(): v for k, v in (headers or {}).items()}
     if "retry-after" not in hdrs and (delay := _retry_delay(err)):
         hdrs["retry-after"] = delay
-    if status == 400 and _is_key_invalid(err):
-        status = 401
-    return upstream_http_error(PROVIDER, status, message, upstream_type=str(err.get("status") or "") or None,
-                               headers=hdrs)
+    upstream_type = str(err.get("status") or "") or None
+    if status == 400 and _is_key_invalid(err):  # the router's key, not the client's request: a 502
+        e = upstream_http_error(PROVIDER, 401, message, upstream_type=upstream_type, headers=hdrs)
+        e.message = f"{PROVIDER} rejected the router's credentials (HTTP 400 API_KEY_INVALID): {message}"
+        return e
+    return upstream_http_error(PROVIDER, status, message, upstream_type=upstream_type, headers=hdrs)
 
 
 def _sse(obj: Mapping[str, Any]) -> bytes:

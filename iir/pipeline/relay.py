@@ -24,6 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from iir.backends.base import Adapter, UpstreamRequest, sse_error
+from iir.backends.credentials import mask_secrets, mask_secrets_bytes
 from iir.errors import IIRError, NoBackendError, RateLimitedError, UpstreamError, UpstreamTimeoutError
 from iir.observability.metrics import METRICS_KEY, Metrics
 from iir.pipeline.context import Attempt, Next, RequestContext, Stage
@@ -102,12 +103,14 @@ async def _read_body(ctx: RequestContext, backend: Backend, resp: aiohttp.Client
         ctx.upstream_seconds += time.perf_counter() - start
 
 
-def _mask_credentials(message: str, backend: Backend) -> str:
-    """An upstream may echo the credentials it received: never surface ours."""
-    for secret in (backend.api_key, *(value for _, value in backend.headers)):
-        if secret and len(secret) >= 6 and secret in message:
-            message = message.replace(secret, "***")
-    return message
+def _known_backends(ctx: RequestContext) -> tuple[Backend, ...]:
+    """Every backend of the request's table, and registered agents among the candidates."""
+    return (*ctx.table.backends.values(), *(c.backend for c in ctx.candidates if c.backend.dynamic))
+
+
+def _mask_credentials(ctx: RequestContext, message: str) -> str:
+    """An upstream may echo the credentials it received: never surface any of ours."""
+    return mask_secrets(message, _known_backends(ctx))
 
 
 def _upstream_error(adapter: Adapter, status: int, body: bytes, headers: Any, backend: Backend) -> UpstreamError:
@@ -116,7 +119,7 @@ def _upstream_error(adapter: Adapter, status: int, body: bytes, headers: Any, ba
     if 400 <= seen < 500 and seen not in (401, 403, 407, 429):
         err.status = seen  # the client's request was refused upstream: relay its status
         err.type = "invalid_request_error"
-    err.message = _mask_credentials(f"backend {backend.name!r}: {err.message}", backend)
+    err.message = f"backend {backend.name!r}: {err.message}"
     return err
 
 
@@ -188,6 +191,8 @@ async def _relay_stream(ctx: RequestContext, adapter: Adapter, backend: Backend,
                     await out.prepare(ctx.http)
                     ctx.first_byte_at = time.perf_counter()
                 for chunk in chunks:
+                    if b'"error"' in chunk:  # an upstream's in-stream error event may echo our credentials
+                        chunk = mask_secrets_bytes(chunk, _known_backends(ctx))
                     await _write(ctx, out, chunk)
             if translator.error is not None:
                 raise translator.error
@@ -203,7 +208,6 @@ async def _relay_stream(ctx: RequestContext, adapter: Adapter, backend: Backend,
         await _finish_client_stream(ctx, out)
         return out
     except UpstreamError as e:
-        e.message = _mask_credentials(e.message, backend)
         if out is None:
             raise _Retry(e) if e.retryable else e from None
         resp.close()  # the upstream connection is in an unknown state: never reuse it
@@ -213,6 +217,7 @@ async def _relay_stream(ctx: RequestContext, adapter: Adapter, backend: Backend,
 async def _fail_stream(ctx: RequestContext, out: web.StreamResponse, e: UpstreamError) -> web.StreamResponse:
     """A failure after bytes reached the client: end the stream with an SSE error event."""
     ctx.error = e.code or "upstream_error"
+    e.message = _mask_credentials(ctx, e.message)
     ctx.extras["stream_error"] = e.message
     await _write(ctx, out, sse_error(e.message, type_=e.type, code=e.code))
     await _finish_client_stream(ctx, out)
@@ -333,6 +338,14 @@ class _Hooks:
 
 
 async def _relay(ctx: RequestContext, hooks: _Hooks) -> web.StreamResponse:
+    try:
+        return await _relay_candidates(ctx, hooks)
+    except IIRError as e:  # the only way an upstream's error text leaves the router (but _fail_stream)
+        e.message = _mask_credentials(ctx, e.message)
+        raise
+
+
+async def _relay_candidates(ctx: RequestContext, hooks: _Hooks) -> web.StreamResponse:
     errors: list[IIRError] = []
     kept = [c.backend for c in ctx.candidates if c.kept]
     for backend in kept:

@@ -27,6 +27,7 @@ class Reply:
     fixture: str
     raw: bytes | None = None  # overrides the fixture's bytes (malformed payload tests)
     parts: tuple[bytes, ...] = ()  # stream in these parts, pausing between them (mid-stream failures)
+    status: int = 200  # HTTP status of a ``raw`` JSON answer (error bodies written by a test)
 
     async def send(self, request: web.Request) -> web.StreamResponse:
         if self.fixture.endswith(".sse"):
@@ -43,11 +44,11 @@ class Reply:
                 await resp.write(data[i:i + 97])
             await resp.write_eof()
             return resp
+        if self.raw is not None:
+            return web.Response(body=self.raw, status=self.status, content_type="application/json")
         doc = load_json(self.fixture)
         if "status" in doc and "body" in doc:  # an error fixture
             return web.json_response(doc["body"], status=doc["status"], headers=doc["headers"])
-        if self.raw is not None:
-            return web.Response(body=self.raw, content_type="application/json")
         return web.json_response(doc)
 
 
