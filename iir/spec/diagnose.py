@@ -120,8 +120,8 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[PathT, bool]:
         elif (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
             out.append(part)
             node = node[part]
-        elif isinstance(node, dict) and isinstance(part, str) and last:
-            out.append(part)  # a missing or unknown key
+        elif isinstance(node, dict) and isinstance(part, str) and last and part != node.get("kind"):
+            out.append(part)  # a missing or unknown key (not the union tag of a model-level error)
     return tuple(out), is_key
 
 
@@ -168,7 +168,26 @@ def _one(e: dict[str, Any], root: type[BaseModel], data: Any) -> tuple[PathT, bo
         return (*path, "kind"), False, f"unknown kind {tag!r}{did_you_mean(tag, tags)}; expected one of: {', '.join(tags)}"
     if kind == "string_pattern_mismatch" and is_key:
         return path, True, f"invalid name {path[-1]!r}: {_NAME_HINT}" if path else _message(e)
-    return path, is_key, _message(e)
+    msg = _message(e)
+    if kind == "value_error" and not is_key:
+        # a model-level check whose message starts with one of the mapping's keys ("url must
+        # start with http://") is placed on that key's value
+        node = _node_at(data, path)
+        field = msg.split(" ", 1)[0]
+        if isinstance(node, dict) and field in node:
+            return (*path, field), False, msg
+    return path, is_key, msg
+
+
+def _node_at(data: Any, path: PathT) -> Any:
+    node = data
+    for part in path:
+        if (isinstance(node, dict) and part in node) or (
+                isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            node = node[part]
+        else:
+            return None
+    return node
 
 
 def _kinds(root: type[BaseModel], path: PathT, data: Any) -> list[str]:
@@ -187,11 +206,13 @@ def pydantic_diagnostics(err: ValidationError, root: type[BaseModel], data: Any,
     """Every error of ``err`` as a diagnostic. ``locate(path, key=bool)`` gives ``(line, col)``.
 
     Errors of the alternatives of one union at one path are merged ("expected a list or
-    'by-model'"); paths in ``skip`` (already reported, e.g. an unset variable) are dropped."""
+    'by-model'"); paths in ``skip`` (already reported, e.g. an unset variable) are dropped, and
+    so are follow-ups about them: an error on the mapping that holds a skipped field and names
+    it ("needs a url" when ``url: ${UNSET}``)."""
     merged: dict[tuple[PathT, bool], list[str]] = {}
     for e in err.errors(include_url=False):
         path, is_key, msg = _one(dict(e), root, data)
-        if path in skip:
+        if path in skip or any(s and s[:-1] == path and str(s[-1]) in msg for s in skip):
             continue
         merged.setdefault((path, is_key), [])
         if msg not in merged[(path, is_key)]:
