@@ -57,7 +57,7 @@ def serve(spec: str, host: str | None, port: int | None, workers: int | None, wo
 
         runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
+        runner = asyncio.run  # type: ignore[assignment]
     sys.exit(runner(serve_forever(path, host=host, port=port, reuse_port=worker)))
 
 

@@ -182,11 +182,12 @@ def _one(e: dict[str, Any], root: type[BaseModel], data: Any) -> tuple[PathT, bo
 def _node_at(data: Any, path: PathT) -> Any:
     node = data
     for part in path:
-        if (isinstance(node, dict) and part in node) or (
-                isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
-        else:
+            continue
+        if not (isinstance(node, dict) and part in node):
             return None
+        node = node[part]
     return node
 
 

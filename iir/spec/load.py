@@ -24,7 +24,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 try:  # libyaml-based parser (ruamel.yaml.clibz / clib): ~5x faster, used when the spec is clean
     from ruamel.yaml.cyaml import CSafeLoader
 except ImportError:  # pragma: no cover - depends on the installed wheels
-    CSafeLoader = None
+    CSafeLoader = None  # type: ignore[misc,assignment]
 
 from iir.errors import ConfigError, Diagnostic
 from iir.spec.diagnose import dotted, pydantic_diagnostics
