@@ -323,6 +323,10 @@ def _final_error(ctx: RequestContext, errors: list[IIRError]) -> IIRError:
     summary = f"all {len(errors)} backends failed: " + "; ".join(e.message for e in errors)
     if all(isinstance(e, BackendBusyError) for e in errors):
         return BackendBusyError(summary)
+    if all(isinstance(e, UpstreamError) and e.status == 503 for e in errors):  # all overloaded / unavailable
+        unavailable = UpstreamError(summary, upstream_status=getattr(last, "upstream_status", None))
+        unavailable.status, unavailable.type = 503, "service_unavailable"
+        return unavailable
     cls = UpstreamTimeoutError if isinstance(last, UpstreamTimeoutError) else UpstreamError
     return cls(summary, upstream_status=getattr(last, "upstream_status", None))
 

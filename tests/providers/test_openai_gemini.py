@@ -264,3 +264,18 @@ def test_thought_signature_in_a_stream() -> None:
 def test_blocked_prompt_with_empty_candidates() -> None:
     out = from_gemini_response({"candidates": [], "promptFeedback": {"blockReason": "OTHER"}})
     assert out["choices"][0]["finish_reason"] == "content_filter"
+
+
+def test_unknown_parts_and_fields_are_skipped() -> None:
+    """Part kinds and fields iir does not know (code execution, future additions) are ignored,
+    in whole responses and in streams; the text and calls around them come through."""
+    cand = {"content": {"role": "model", "parts": [
+        {"executableCode": {"language": "PYTHON", "code": "print(1)"}}, {"text": "one"},
+        {"codeExecutionResult": {"outcome": "OUTCOME_OK", "output": "1"}}, {"somethingNew": {"x": 1}},
+        {"functionCall": {"name": "f", "args": {"a": 1}}}]}, "finishReason": "STOP", "futureField": [1]}
+    out = from_gemini_response({"candidates": [cand], "brandNewTopLevel": {"y": 2}})
+    message = out["choices"][0]["message"]
+    assert message["content"] == "one" and message["tool_calls"][0]["function"]["name"] == "f"
+    raw = b'data: {"brandNew": true}\n\ndata: ' + json.dumps({"candidates": [cand]}).encode() + b"\n\n"
+    got = assemble_openai(_translate(raw, 5))
+    assert got["text"] == "one" and got["tool_calls"][0]["name"] == "f" and got["finish"] == "tool_calls"
