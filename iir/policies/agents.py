@@ -99,11 +99,19 @@ class AgentSnapshot:
     backends: tuple[Backend, ...] = ()
     clock_offset: float = 0.0
     taken_at: float = field(default_factory=time.time)
+    #: backend name (``agents/<id>``) → its heartbeat ``queue_length``, for least-loaded
+    queues: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, entries: Iterable[AgentEntry], clock_offset: float = 0.0) -> AgentSnapshot:
         ordered = tuple(sorted(entries, key=lambda e: e.id))
-        return cls(ordered, tuple(e.backend() for e in ordered), clock_offset)
+        return cls(ordered, tuple(e.backend() for e in ordered), clock_offset,
+                   queues={BACKEND_PREFIX + e.id: e.queue_length for e in ordered})
+
+    def queue_of(self, backend_name: str) -> int | None:
+        """The queue length the agent behind ``backend_name`` reported in its last heartbeat;
+        None if it is not a registered agent (the health board then uses its own reports)."""
+        return self.queues.get(backend_name)
 
     def now(self) -> float:
         """The current time on the store's clock."""
