@@ -12,6 +12,7 @@ from aiohttp import web
 from iir.errors import IIRError, ModelNotFoundError
 from iir.pipeline.chain import RESOURCES, STAGES, Resource, StageFactory, build_chain
 from iir.pipeline.services import CURRENT_TABLE, SERVICES
+from iir.policies.runtime import POLICIES
 from iir.server import anthropic_ingress, metrics_api
 from iir.server.admin import add_admin_routes
 from iir.server.handlers import CHAIN, HeaderTooLargeError, error_response, request_id
@@ -56,8 +57,13 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
                               {"x-request-id": request_id(request), "allow": ", ".join(sorted(e.allowed_methods))})
 
 
-def _optional_agents_api(app: web.Application) -> Callable[[RoutingTable, str | None], tuple[Backend, ...]] | None:
-    """Wire the agent registry (iir.server.agents_api) when present; returns the live-agent lookup."""
+_LiveAgents = Callable[[RoutingTable, "str | None"], tuple[Backend, ...]]
+_AgentQueue = Callable[[str], "int | None"]
+
+
+def _optional_agents_api(app: web.Application) -> tuple[_LiveAgents, _AgentQueue] | None:
+    """Wire the agent registry (iir.server.agents_api) when present; returns the live-agent lookup
+    and the heartbeat queue-length lookup (least-loaded reads it through the health board)."""
     try:
         agents_api = importlib.import_module("iir.server.agents_api")
     except ModuleNotFoundError as e:
@@ -70,7 +76,10 @@ def _optional_agents_api(app: web.Application) -> Callable[[RoutingTable, str | 
     def live_agents(table: RoutingTable, model: str | None) -> tuple[Backend, ...]:
         return tuple(app[key].snapshot().candidates(model, table.agents.heartbeat_timeout))
 
-    return live_agents
+    def agent_queue(backend_name: str) -> int | None:
+        return app[key].snapshot().queue_of(backend_name)
+
+    return live_agents, agent_queue
 
 
 def create_app(state: TableState, *, stages: Sequence[StageFactory] = STAGES,
@@ -82,11 +91,13 @@ def create_app(state: TableState, *, stages: Sequence[StageFactory] = STAGES,
     metrics_api.setup(app, state)
     for resource in resources:
         app.cleanup_ctx.append(resource)
-    live_agents = _optional_agents_api(app)
+    agents = _optional_agents_api(app)
 
     async def wire(app: web.Application) -> AsyncIterator[None]:
-        if live_agents is not None:
-            app[SERVICES].live_agents = live_agents
+        if agents is not None:
+            app[SERVICES].live_agents = agents[0]
+            if (policies := app.get(POLICIES)) is not None:
+                policies.health.queue_source = agents[1]  # heartbeat queue lengths → least-loaded
         app[CHAIN] = build_chain(app, stages)
         yield
 
