@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 import openai
 import pytest
 
+from tests.observability.promtext import value
 from tests.policies.test_store_ratelimit import own_redis  # noqa: F401 - fixture
 
 SPEC = """
@@ -107,14 +109,16 @@ async def test_token_limit_rejects_then_reconciles(upstream, start_router, redis
 
 
 @pytest.mark.parametrize("fail", ["open", "closed"])
-async def test_redis_killed_mid_test(upstream, start_router, own_redis, fail):  # noqa: F811
+async def test_redis_killed_mid_test(upstream, start_router, own_redis, fail, caplog):  # noqa: F811
     proc, url = own_redis
     base, _ = await start_router(spec(upstream.url, url, fail=fail), ENV)
     cached = {"model": "m1", "messages": [{"role": "user", "content": "c"}], "temperature": 0}
+    caplog.set_level(logging.INFO)
     async with aiohttp.ClientSession() as s:
         assert (await post(s, base, cached))[0] == 200
         proc.kill()
         proc.wait(timeout=10)
+        caplog.clear()
         for _ in range(10):
             status, headers, raw = await asyncio.wait_for(post(s, base, cached), 10)
             if fail == "open":
@@ -122,5 +126,20 @@ async def test_redis_killed_mid_test(upstream, start_router, own_redis, fail):  
             else:
                 assert status == 503 and b"state_store_unavailable" in raw
                 assert headers["Retry-After"] == "1"
+        async with s.get(f"{base}/metrics") as r:
+            metrics = await r.text()
     if fail == "open":
         assert upstream.calls == 11  # cache bypassed while Redis is down, requests still served
+    else:
+        assert upstream.calls == 1
+    # the outage is logged once (per log interval), not once per request
+    outage = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(outage) == 1, [r.getMessage() for r in outage]
+    # each request's log line and the metrics say what the limiter did
+    lines = [r.fields for r in caplog.records if r.name == "iir.request"]
+    assert len(lines) == 10
+    assert {ln["ratelimit"] for ln in lines} == {f"fail-{fail}"}
+    assert {ln["status"] for ln in lines} == {200 if fail == "open" else 503}
+    if fail == "open":
+        assert {ln["cache"] for ln in lines} == {"bypass"}
+    assert value(metrics, "iir_rate_limit_decisions_total", key="ci", result=f"fail-{fail}") == 10
