@@ -44,8 +44,10 @@ async def open_services(app: web.Application) -> AsyncIterator[None]:
 
     adapters = load_adapters()
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
+    # No cookie jar: one session serves every client, so an upstream's Set-Cookie (CDN bot cookies)
+    # must not be stored and replayed on other clients' requests (nor filtered on each request).
     session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
-                                    skip_auto_headers=("User-Agent",))
+                                    skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar())
     app[SERVICES] = Services(http=session, adapters=adapters)
     try:
         yield

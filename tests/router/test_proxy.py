@@ -233,3 +233,18 @@ async def test_prompt_size_and_tools_rules_pick_the_route(upstreams, router):
     assert tools.headers["x-iir-backend"] == "big"
     assert short.parse().model == "auto" and a.requests[0]["model"] == "m"  # alias mapped to the backend's model
     await client.close()
+
+
+async def test_upstream_cookies_are_not_replayed_to_later_requests(upstreams, router):
+    """One upstream session serves every client: a Set-Cookie from an upstream (a CDN's bot
+    cookie, say) must not be stored and sent along with other clients' requests. (The upstream
+    is named by host name: aiohttp's default jar already ignores cookies from IP addresses.)"""
+    up = await upstreams()
+    srv = await router(SPEC.format(up=up.url.replace("127.0.0.1", "localhost"), agent="http://127.0.0.1:9"))
+    up.fail_first, up.status, up.headers = 1, 500, {"set-cookie": "__cf_bm=secret-of-client-a; Path=/"}
+    async with openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="unused", max_retries=0) as client:
+        with pytest.raises(openai.APIStatusError):
+            await client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "a"}])
+        await client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "b"}])
+    assert len(up.request_headers) == 2
+    assert "cookie" not in up.request_headers[-1]
