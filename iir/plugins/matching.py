@@ -155,7 +155,11 @@ def _why_not(route: Route, f: RequestFeatures, semantic: SemanticMatcher | None)
         if semantic is None:
             return "semantic condition, but no semantic matcher is available"
         if not semantic(route, f.last_user_text):
-            return "last user message is not similar enough to the examples"
+            score = getattr(semantic, "scores", {}).get(route.name)
+            if score is None:
+                return "last user message is not similar enough to the examples"
+            return (f"last user message is not similar enough to the examples "
+                    f"(similarity {score:.2f} < threshold {mt.semantic_threshold:.2f})")
     return None
 
 
