@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from iir.compile.build import Built, build_table
 from iir.errors import ConfigError, Diagnostic
 from iir.plugins.matching import AGENTS_TARGET, candidates, features_from_body, match_route
 from iir.spec.schema import spec_json_schema_text, spec_markdown
+from iir.table import Route, RoutingTable
 
 __all__ = ["DEFAULT_SPEC", "SPEC_ARG", "build_or_exit", "commands", "count_prompt_tokens", "echo_diagnostics"]
 
@@ -181,6 +183,20 @@ def _request_body(model: str | None, prompt: str | None, request: str | None, to
     return body
 
 
+def _semantic_matcher(table: RoutingTable) -> Callable[[Route, str], bool] | None:
+    """The router's own semantic matcher (the local embedding model), only for a spec with a
+    semantic rule; if the model cannot load, the rule does not match and stderr says why."""
+    if not any(r.match.semantic_examples for r in table.routes):
+        return None
+    from iir.plugins.semantic import SemanticMatcher
+
+    sem = SemanticMatcher()
+    if not sem.available:
+        click.echo(sem.unavailable_reason, err=True)
+        return None
+    return sem.matcher()
+
+
 @click.command()
 @click.option("--model", "-m", help="Requested model (overrides the request body's).")
 @click.option("--prompt", "-p", help="The user message.")
@@ -202,7 +218,7 @@ def explain(model: str | None, prompt: str | None, request: str | None, headers:
     body = _request_body(model, prompt, request, tools, images)
     features = features_from_body(body, headers=_parse_headers(headers), key_name=key_name)
     features = dataclasses.replace(features, prompt_tokens=count_prompt_tokens(body, features.model))
-    route, trace = match_route(table, features, trace=True)
+    route, trace = match_route(table, features, semantic=_semantic_matcher(table), trace=True)
     cands = candidates(table, route, features) if route else ()
     if fmt == "json":
         out = {"model": features.model, "prompt_tokens": features.prompt_tokens, "tools": features.has_tools,
