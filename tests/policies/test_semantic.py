@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import aiohttp
+import pytest
+from click.testing import CliRunner
+
+from iir.cmd.spec import explain
 from iir.compile.build import build_table
 from iir.plugins.matching import RequestFeatures, match_route
 from iir.plugins.semantic import SemanticMatcher
@@ -75,3 +80,37 @@ def test_unavailable_model_reports_itself(tmp_path):
     route = Route("r", 0, Match(semantic_examples=("x",)), ("b",))
     assert sem(route, "x") is False
     m.close()
+
+
+PARAPHRASES = [("There's a bug in my JS code, can you fix it?", "code"),
+               ("How long do I need to boil eggs?", "cooking"),
+               ("Who painted the Mona Lisa?", "other")]
+
+
+async def test_router_routes_paraphrases_and_explains(make_upstream, start_router):
+    """Through the real router: the route stage embeds the last user message with the same model."""
+    ups = {name: await make_upstream(text=f"from {name}") for name in ("coder", "chef", "general")}
+    text = SPEC
+    for name, port in (("coder", 5001), ("chef", 5002), ("general", 5003)):
+        text = text.replace(f"http://127.0.0.1:{port}/v1", f"{ups[name].url}/v1")
+    base, _ = await start_router(text)
+    async with aiohttp.ClientSession() as s:
+        for prompt, route in PARAPHRASES:
+            body = {"model": "auto", "messages": [{"role": "user", "content": prompt}]}
+            async with s.post(f"{base}/v1/chat/completions", json=body, timeout=aiohttp.ClientTimeout(total=60)) as r:
+                assert r.status == 200, await r.text()
+                assert r.headers["x-iir-route"].startswith(f"{route}; "), (prompt, r.headers["x-iir-route"])
+    assert [u.calls for u in ups.values()] == [1, 1, 1]
+
+
+def test_iir_explain_uses_the_semantic_rule(write_spec):
+    """``iir explain`` matches semantic rules with the same offline model and shows the similarity."""
+    spec = write_spec(SPEC)
+    for prompt, route in PARAPHRASES:
+        result = CliRunner().invoke(explain, ["--spec", str(spec), "-m", "auto", "-p", prompt,
+                                          "--format", "json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["route"] == route, report["routes"]
+    skipped = next(v for v in report["routes"] if v["route"] == "code")
+    assert "similarity" in skipped["reason"] and "< threshold 0.45" in skipped["reason"]
