@@ -16,7 +16,7 @@ routes:
     match: {{model: m1}}
     to: [bad, good]
 policies:
-  health: {{failures: 2, cooldown: {cooldown}, queue_timeout: 200ms}}
+  health: {{failures: 5, cooldown: {cooldown}, queue_timeout: 200ms}}
 """
 BODY = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -31,19 +31,22 @@ async def test_failing_backend_skipped_during_cooldown_then_retried(make_upstrea
     bad = await make_upstream(fail=True, text="from bad")
     good = await make_upstream(text="from good")
     base, _ = await start_router(SPEC.format(bad=bad.url, good=good.url, bad_extra="", cooldown="1s"))
-    for _ in range(2):  # two failures open the circuit (each request falls back to good)
+    for _ in range(5):  # five consecutive failures open the circuit (each request falls back to good)
         status, _, raw = await post(base)
         assert status == 200 and b"from good" in raw
-    assert bad.calls == 2
-    status, headers, raw = await post(base)
-    assert status == 200 and b"from good" in raw
-    assert bad.calls == 2  # skipped while open
+    assert bad.calls == 5
+    for _ in range(3):
+        status, headers, raw = await post(base)
+        assert status == 200 and b"from good" in raw
+    assert bad.calls == 5  # skipped while open
     assert "bad!healthy" in headers["x-iir-route"]
     await asyncio.sleep(1.2)
     bad.fail = False
-    status, _, raw = await post(base)  # half-open probe succeeds
+    status, _, raw = await post(base)  # after the cooldown: the half-open probe succeeds
     assert status == 200 and b"from bad" in raw
-    assert bad.calls == 3
+    assert bad.calls == 6
+    status, _, raw = await post(base)  # closed again
+    assert status == 200 and b"from bad" in raw
 
 
 async def test_max_inflight_sheds_to_next_candidate(make_upstream, start_router):
