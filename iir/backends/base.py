@@ -17,6 +17,7 @@ layering, so they do not import it).
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -117,11 +118,21 @@ class Adapter(ABC):
         """A fresh translator for one streamed response."""
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
-        """An upstream error response → typed error. 5xx and 429 are retryable (fallback)."""
+        """An upstream error response → typed error.
+
+        5xx, 429, 408 and 402 (the router's account is out of credits there) are retryable
+        (fallback). A 400 that says the API key is wrong (xAI answers a bad key that way) is
+        the router's credential failing, not the client's request: reported like a 401."""
         message = error_message_from(body) or f"HTTP {status}"
         retry_after = parse_retry_after(headers.get("retry-after"))
-        err = UpstreamError(f"upstream returned HTTP {status}: {message}", upstream_status=status,
-                            retryable=status >= 500 or status == 429)
+        seen = status
+        if status == 400 and BAD_KEY_MESSAGE.search(message):
+            seen = 401
+        if seen in (401, 403):
+            text = f"upstream rejected the router's credentials (HTTP {status}): {message}"
+        else:
+            text = f"upstream returned HTTP {status}: {message}"
+        err = UpstreamError(text, upstream_status=seen, retryable=status >= 500 or status in (402, 408, 429))
         err.retry_after = retry_after  # type: ignore[attr-defined]
         return err
 
@@ -130,6 +141,11 @@ class Adapter(ABC):
 
 
 # -- helpers shared by adapters -------------------------------------------------------------
+
+#: An error message saying the API key is wrong ("Incorrect API key provided", "API key not valid", ...).
+BAD_KEY_MESSAGE = re.compile(r"(incorrect|invalid|wrong|missing)\W+api[ _-]?key|api[ _-]?key\W+(is\W+)?(not valid|invalid)",
+                             re.IGNORECASE)
+
 
 def error_message_from(body: bytes) -> str:
     """The message of an upstream error body, whatever its shape (OpenAI, Anthropic, plain)."""

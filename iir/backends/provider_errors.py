@@ -1,6 +1,6 @@
 """Map a provider's HTTP error to an :class:`~iir.errors.UpstreamError` the router can act on.
 
-One policy for every provider adapter: 429, 529 (Anthropic "overloaded") and 5xx are
+One policy for every provider adapter: 429, 529 (Anthropic "overloaded"), 402 (billing) and 5xx are
 retryable (the router falls back to the next candidate before the first byte went out);
 400/401/403/404 are not. The client-facing status: 400/413/422 keep theirs (the request is
 at fault), 429 stays 429 with ``retry-after``, 529 becomes 503, anything else 502.
@@ -24,7 +24,7 @@ def upstream_http_error(provider: str, status: int, message: str, *, upstream_ty
     retry_after = None
     if headers is not None:
         retry_after = headers.get("retry-after") or headers.get("Retry-After")
-    retryable = status in (408, 429, 529) or status >= 500
+    retryable = status in (402, 408, 429, 529) or status >= 500  # 402: out of credits there, not elsewhere
     code = upstream_type or f"http_{status}"
     err = UpstreamError(f"{provider}: {message}" if message else f"{provider} answered HTTP {status}",
                         upstream_status=status, retryable=retryable, code=code,

@@ -116,7 +116,7 @@ def _mask_credentials(ctx: RequestContext, message: str) -> str:
 def _upstream_error(adapter: Adapter, status: int, body: bytes, headers: Any, backend: Backend) -> UpstreamError:
     err = adapter.error(status, body, headers)
     seen = err.upstream_status or status  # the adapter may know better (e.g. a 400 that means "bad key")
-    if 400 <= seen < 500 and seen not in (401, 403, 407, 429):
+    if 400 <= seen < 500 and seen not in (401, 402, 403, 407, 408, 429):  # 402: the router's account
         err.status = seen  # the client's request was refused upstream: relay its status
         err.type = "invalid_request_error"
     err.message = f"backend {backend.name!r}: {err.message}"
