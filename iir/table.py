@@ -72,18 +72,23 @@ class Backend:
     configured: bool = True
     unconfigured_reason: str = ""
     dynamic: bool = False  # a registered agent rather than a spec backend
+    #: ``models`` as a set: membership in O(1) however many models a backend declares
+    model_set: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_set", frozenset(self.models))
 
     def upstream_model(self, requested: str) -> str:
         """The model name to send upstream for a client's requested name."""
         if requested in self.model_map:
             return self.model_map[requested]
-        if requested in self.models:
+        if requested in self.model_set:
             return requested
         first = self.models[0]
         return self.model_map.get(first, first)
 
     def serves(self, model: str) -> bool:
-        return model in self.models
+        return model in self.model_set
 
 
 @dataclass(frozen=True, slots=True)
