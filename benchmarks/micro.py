@@ -92,9 +92,15 @@ def _router_for(table: Any) -> tuple[str, Callable[[dict[str, Any]], Any]]:
     return "table.routes_for + Match.model_matches (proxy: iir.plugins.matching not available)", proxy
 
 
-def bench_routing(sizes: list[tuple[int, int]], workdir: Path, budget_s: float) -> dict[str, Any]:
-    """Per-request routing decision time for each (models, rules) spec size."""
+def bench_routing(sizes: list[tuple[int, int]], workdir: Path, budget_s: float, rounds: int = 5) -> dict[str, Any]:
+    """Per-request routing decision time for each (models, rules) spec size.
+
+    Every size answers the same three kinds of request, on the same code path: the first rule,
+    the last exact rule, and a declared model no rule names (the ``by-model`` catch-all), so
+    the ratios compare like with like. The cells are measured in ``rounds`` interleaved passes
+    (fastest kept) so that machine drift hits every size alike."""
     out: dict[str, Any] = {"rows": []}
+    cells: list[tuple[dict[str, Any], str, Callable[[], Any]]] = []
     for models, rules in sizes:
         table = _build(scaled_spec(models, rules), workdir, f"route-{models}-{rules}.yaml")
         how, decide = _router_for(table)
@@ -108,9 +114,13 @@ def bench_routing(sizes: list[tuple[int, int]], workdir: Path, budget_s: float) 
         for case, model in cases.items():
             body = orjson.loads(chat_request_body(model))
             route = decide(body)
-            row[case] = {"model": model, "route": getattr(route, "name", repr(route)[:40]),
-                         "us": round(per_call_us(lambda b=body, f=decide: f(b), budget_s), 3)}
+            row[case] = {"model": model, "route": getattr(route, "name", repr(route)[:40]), "us": float("inf")}
+            cells.append((row[case], case, lambda b=body, f=decide: f(b)))
         out["rows"].append(row)
+    for _ in range(rounds):
+        for cell, _case, fn in cells:
+            cell["us"] = min(cell["us"], round(per_call_us(fn, budget_s / rounds), 3))
+
     def worst_ratio(rows: list[dict[str, Any]]) -> float:
         base, worst = rows[0], 0.0
         for row in rows:
@@ -244,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="iir-bench-micro-") as d:
         work = Path(d)
         if "routing" in only:
-            sizes = [(10, 10), (1000, 10), (10000, 10)] if not args.quick else [(10, 10), (1000, 10)]
+            sizes = [(10, 5), (1000, 5), (10000, 5)] if not args.quick else [(10, 5), (1000, 5)]
             sizes += [(1000, 1000)] if not args.quick else [(100, 100)]
             results["routing"] = r = bench_routing(sizes, work, budget)
             print(f"routing decision ({r['how']}):")
