@@ -15,6 +15,7 @@ Targets (issue #9): routing flat within 2x from 10 to 10,000 models; compile + s
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib
 import sys
@@ -115,7 +116,7 @@ def bench_routing(sizes: list[tuple[int, int]], workdir: Path, budget_s: float, 
             body = orjson.loads(chat_request_body(model))
             route = decide(body)
             row[case] = {"model": model, "route": getattr(route, "name", repr(route)[:40]), "us": float("inf")}
-            cells.append((row[case], case, lambda b=body, f=decide: f(b)))
+            cells.append((row[case], case, functools.partial(decide, body)))
         out["rows"].append(row)
     for _ in range(rounds):
         for cell, _case, fn in cells:
