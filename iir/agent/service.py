@@ -177,7 +177,10 @@ async def _stream_events(run: _Run, prepared: Prepared, on_delta: Callable[[str]
                 for event in on_end(item):
                     await response.write(event)
         await response.write_eof()  # type: ignore[union-attr]
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:  # the client went away mid-stream: routine, stop generating
+        run.cancel.set()
+        log.info("client disconnected during a stream of %s; generation stopped", run.request.path)
+    except asyncio.CancelledError:
         run.cancel.set()
         raise
     except IIRError as e:
@@ -186,7 +189,8 @@ async def _stream_events(run: _Run, prepared: Prepared, on_delta: Callable[[str]
         await response.write(p.sse(e.to_openai()))
     finally:
         await stream.aclose()  # type: ignore[attr-defined]  # stops the generation if still running
-    return response  # type: ignore[return-value]
+    # None only when the client left before the first byte: nothing can be sent anyway
+    return response if response is not None else web.Response(status=499)
 
 
 async def infer(request: web.Request) -> web.StreamResponse:

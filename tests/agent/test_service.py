@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -183,11 +184,16 @@ async def test_cancel_flag_stops_a_generation(tiny_engine: TransformersEngine) -
     assert result.completion_tokens < 300
 
 
-async def test_client_disconnect_stops_generation(agent_url: str) -> None:
-    long = {"prompt": "Hi!", "temperature": 0, "min_tokens": 500, "max_tokens": 500, "stream": True}
+@pytest.mark.parametrize("path", ["/infer", "/v1/chat/completions"])
+async def test_client_disconnect_stops_generation(agent_url: str, path: str, caplog: pytest.LogCaptureFixture) -> None:
+    long: dict[str, object] = {"temperature": 0, "min_tokens": 450, "max_tokens": 450, "stream": True}
+    long.update({"prompt": "Hi!"} if path == "/infer" else
+                {"model": "tiny-demo", "messages": [{"role": "user", "content": "Hi!"}]})
+    caplog.set_level(logging.INFO, logger="iir.agent")
     async with aiohttp.ClientSession() as s:
-        resp = await s.post(f"{agent_url}/infer", json=long)
-        await resp.content.readline()  # the first event arrived: generation is running
+        resp = await s.post(f"{agent_url}{path}", json=long)
+        assert resp.status == 200, await resp.text()
+        assert (await resp.content.readline()).startswith(b"data: ")  # generation is running
         resp.close()  # drop the connection
 
     async def idle() -> bool:
@@ -196,5 +202,7 @@ async def test_client_disconnect_stops_generation(agent_url: str) -> None:
             return bool(h["in_flight"] == 0 and h["queue_length"] == 0)
 
     await eventually(idle, timeout=30)
+    # a client going away is routine: no traceback, no error line in the agent's log
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
     status, body, _ = await _post(f"{agent_url}/infer", {"prompt": "Hi!", "temperature": 0})
     assert status == 200 and body["text"] == DEMO_ANSWER
