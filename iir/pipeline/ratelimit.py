@@ -108,11 +108,16 @@ async def _run_backend(ctx: RequestContext, nxt: Next, services: PolicyServices)
         except RateLimitedError as e:
             cand.kept, cand.reason = False, f"rate-limit: {e.message}"
             refusal = refusal or e
+        except StateUnavailableError:
+            ctx.ratelimit = "fail-closed"
+            raise
     if reservation is None:
         if refusal is not None:
             ctx.ratelimit = "limited"
             raise refusal
         return await nxt(ctx)
+    if ctx.ratelimit != "fail-open":  # the log line and metrics see backend limits too
+        ctx.ratelimit = "fail-open" if reservation.fail_open else "ok"
     ctx.response_headers.update(reservation.headers)
     try:
         resp = await nxt(ctx)

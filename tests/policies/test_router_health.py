@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 
@@ -61,7 +62,7 @@ async def test_max_inflight_sheds_to_next_candidate(make_upstream, start_router)
     assert slow.calls == 1
 
 
-async def test_backend_limit_falls_back_to_next_candidate(make_upstream, tmp_path):
+async def test_backend_limit_falls_back_to_next_candidate(make_upstream, tmp_path, caplog):
     from iir.compile.build import build_table
     from iir.pipeline import ratelimit, select
     from iir.pipeline.chain import STAGES
@@ -89,6 +90,7 @@ policies:
         stages.insert(stages.index(select.make_stage) + 1, ratelimit.make_backend_stage)
     app = create_app(TableState(path=spec, built=build_table(spec, env), env=lambda: env), stages=stages, watch=False)
     runner, base = await _serve(app)
+    caplog.set_level(logging.INFO, logger="iir.request")
     try:
         results = [await post(base) for _ in range(5)]
     finally:
@@ -99,6 +101,9 @@ policies:
     assert (a.calls, b.calls) == (2, 2)
     status, headers, raw = results[4]
     assert status == 429 and headers["x-ratelimit-limit-requests"] == "2" and b"a-cap" in raw
+    lines = [(r.fields["backend"], r.fields["status"], r.fields["ratelimit"]) for r in caplog.records
+             if r.name == "iir.request"]
+    assert lines == [("a", 200, "ok")] * 2 + [("b", 200, "ok")] * 2 + [(None, 429, "limited")]
 
 
 async def test_affinity_by_session_header_and_route_explain(make_upstream, start_router):
