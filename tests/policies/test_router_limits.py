@@ -143,3 +143,33 @@ async def test_redis_killed_mid_test(upstream, start_router, own_redis, fail, ca
     if fail == "open":
         assert {ln["cache"] for ln in lines} == {"bypass"}
     assert value(metrics, "iir_rate_limit_decisions_total", key="ci", result=f"fail-{fail}") == 10
+
+
+async def test_per_model_and_per_route_limits(make_upstream, start_router):
+    up = await make_upstream()
+    base, _ = await start_router(f"""
+version: 1
+backends:
+  up: {{kind: openai-compatible, url: "{up.url}/v1", models: [m1, m2]}}
+routes:
+  - {{name: capped, match: {{model: m1}}, to: [up], limits: [route-cap]}}
+  - {{name: open, match: {{model: m2}}, to: [up]}}
+policies:
+  limits:
+    per-model: {{per: model, requests: 3/min}}
+    route-cap: {{per: route, requests: 2/min}}
+""")
+
+    async def ask(model: str) -> tuple[int, dict, bytes]:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"{base}/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "x"}]},
+                timeout=aiohttp.ClientTimeout(total=20)) as r:
+            return r.status, dict(r.headers), await r.read()
+
+    m1 = [await ask("m1") for _ in range(3)]
+    assert [r[0] for r in m1] == [200, 200, 429]
+    assert b"route-cap" in m1[2][2] and m1[2][1]["x-ratelimit-limit-requests"] == "2"
+    m2 = [await ask("m2") for _ in range(4)]  # its own per-model counter; no route cap on `open`
+    assert [r[0] for r in m2] == [200, 200, 200, 429]
+    assert b"per-model" in m2[3][2] and m2[3][1]["x-ratelimit-limit-requests"] == "3"
+    assert up.calls == 5
