@@ -37,6 +37,7 @@ class Upstream:
     text: str = "Hello from upstream!"
     chunks: int = 3
     requests: list[dict[str, Any]] = field(default_factory=list)
+    raw_requests: list[bytes] = field(default_factory=list)  # request bodies exactly as received
     request_headers: list[dict[str, str]] = field(default_factory=list)
     sent: bytearray = field(default_factory=bytearray)  # exact SSE bytes of the last stream
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -64,7 +65,12 @@ class Upstream:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text},
                              "logprobs": None, "finish_reason": "stop"}], "usage": usage}
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None, endpoint: str = "chat") -> bytes:
+        if endpoint == "completions":  # legacy completions stream text_completion objects
+            return b"data: " + orjson.dumps({
+                "id": "cmpl-1", "object": "text_completion", "created": 1, "model": UPSTREAM_MODEL,
+                "choices": [{"index": 0, "text": delta.get("content", ""), "logprobs": None,
+                             "finish_reason": finish}]}) + b"\n\n"
         return b"data: " + orjson.dumps({
             "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": UPSTREAM_MODEL,
             "system_fingerprint": None,
@@ -79,6 +85,7 @@ class Upstream:
         endpoint = "chat" if endpoint == "completions" and "chat" in request.path else endpoint
         body = await request.json()
         self.requests.append(body)
+        self.raw_requests.append(await request.read())
         self.request_headers.append({k.lower(): v for k, v in request.headers.items()})
         if self.mode == "status" or (self.mode == "ok" and len(self.requests) <= self.fail_first):
             return web.Response(status=self.status, body=self.error_body, content_type="application/json",
@@ -98,11 +105,11 @@ class Upstream:
         self.sent.clear()
         try:
             await self._send(resp, b": keep-alive comment\n\n")
-            await self._send(resp, self._chunk({"role": "assistant", "content": ""}))
+            await self._send(resp, self._chunk({"role": "assistant", "content": ""}, endpoint=endpoint))
             n = len(self.text)
             words = [self.text[i * n // self.chunks:(i + 1) * n // self.chunks] for i in range(self.chunks)]
             for i, word in enumerate(words):
-                await self._send(resp, self._chunk({"content": word}))
+                await self._send(resp, self._chunk({"content": word}, endpoint=endpoint))
                 if i == 0 and self.mode == "break":
                     await asyncio.sleep(0.05)
                     assert request.transport is not None
@@ -114,11 +121,12 @@ class Upstream:
                     while True:
                         await asyncio.sleep(0.05)
                         await self._send(resp, b": still thinking\n\n")
-            await self._send(resp, self._chunk({}, "stop"))
+            await self._send(resp, self._chunk({}, "stop", endpoint))
             opts = body.get("stream_options") or {}
             if opts.get("include_usage"):
                 await self._send(resp, b"data: " + orjson.dumps({
-                    "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": UPSTREAM_MODEL,
+                    "id": "chatcmpl-1", "created": 1, "model": UPSTREAM_MODEL,
+                    "object": "text_completion" if endpoint == "completions" else "chat.completion.chunk",
                     "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}}) + b"\n\n")
             if self.mode != "ok_no_done":
                 await self._send(resp, b"data: [DONE]\n\n")

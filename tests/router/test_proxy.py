@@ -98,6 +98,23 @@ async def test_completions_and_embeddings(setup):
     assert up.requests[-1]["input"] == ["a", "b"]
 
 
+async def test_completions_streaming_with_usage_openai_and_agent(setup):
+    """Legacy /v1/completions streams (text_completion chunks) through both adapters."""
+    _, up, _, client = setup
+    for model, want in (("gpt-test", "Hello from upstream!"), ("tiny", "Hello from the tiny model!")):
+        stream = await client.completions.create(model=model, prompt="Say hi", stream=True,
+                                                 stream_options={"include_usage": True})
+        text, finish, usage = "", None, None
+        async for chunk in stream:
+            assert chunk.model == model and chunk.object == "text_completion"
+            if chunk.choices:
+                text += chunk.choices[0].text or ""
+                finish = chunk.choices[0].finish_reason or finish
+            usage = chunk.usage or usage
+        assert text.strip() == want and finish == "stop" and usage is not None and usage.total_tokens > 0
+    assert up.requests[-1]["prompt"] == "Say hi" and up.requests[-1]["stream"] is True
+
+
 async def test_models_list_and_get(setup):
     _, _, _, client = setup
     ids = {m.id async for m in client.models.list()}
