@@ -29,8 +29,18 @@ class Upstream:
     text: str = "Hello from upstream"
     url: str = ""
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    active: int = 0
+    max_active: int = 0  # the most requests this upstream was serving at once
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            return await self._chat(request)
+        finally:
+            self.active -= 1
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
         body = await request.json()
         self.bodies.append(body)

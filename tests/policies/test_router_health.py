@@ -59,7 +59,7 @@ async def test_max_inflight_sheds_to_next_candidate(make_upstream, start_router)
     texts = sorted(r[2].decode() for r in results)
     assert all(r[0] == 200 for r in results)
     assert any("from slow" in t for t in texts) and any("from good" in t for t in texts)
-    assert slow.calls == 1
+    assert slow.calls == 1 and slow.max_active == 1
 
 
 async def test_backend_limit_falls_back_to_next_candidate(make_upstream, tmp_path, caplog):
@@ -129,3 +129,23 @@ routes:
     assert all(len(v) == 1 for v in seen.values())  # each session sticks to one backend
     assert len({next(iter(v)) for v in seen.values()}) >= 2  # and sessions spread
     assert route.startswith("sticky; affinity; ") and "u0=" in route and "u1=" in route
+
+
+async def test_max_inflight_queues_within_queue_timeout(make_upstream, start_router):
+    """A request over ``max_inflight`` waits for a slot (up to ``queue_timeout``) instead of shedding."""
+    slow = await make_upstream(delay=0.3, text="from slow")
+    other = await make_upstream(text="from other")
+    base, _ = await start_router(f"""
+version: 1
+backends:
+  slow:  {{kind: openai-compatible, url: "{slow.url}/v1", models: [m1], max_inflight: 1}}
+  other: {{kind: openai-compatible, url: "{other.url}/v1", models: [m1]}}
+routes:
+  - {{name: r, match: {{model: m1}}, to: [slow, other]}}
+policies:
+  health: {{queue_timeout: 10s}}
+""")
+    results = await asyncio.gather(*(post(base) for _ in range(3)))
+    assert all(r[0] == 200 and b"from slow" in r[2] for r in results)
+    assert (slow.calls, other.calls) == (3, 0)
+    assert slow.max_active == 1  # one at a time: the others queued for the slot
