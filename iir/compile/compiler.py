@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from iir import table as t
+from iir.backends.credentials import PUBLIC_HEADERS
 from iir.spec import models as m
 from iir.spec.presets import PRESETS
 from iir.spec.units import parse_duration
@@ -186,7 +187,10 @@ def table_to_dict(table: t.RoutingTable, *, secrets: str = "omit") -> dict[str, 
         return {
             "name": b.name, "kind": b.kind, "protocol": b.protocol, "base_url": b.base_url,
             "models": list(b.models), "model_map": dict(b.model_map), "api_key": sec(b.api_key),
-            "headers": [list(h) for h in b.headers], "context_window": b.context_window,
+            # header values may be credentials (x-api-key, Authorization: Bearer ...): only
+            # the known public ones (protocol versions, attribution) are kept as written
+            "headers": [[k, v if k.lower() in PUBLIC_HEADERS else sec(v)] for k, v in b.headers],
+            "context_window": b.context_window,
             "prices": {k: list(v) for k, v in b.prices.items()},
             "timeouts": [b.timeouts.connect, b.timeouts.first_byte, b.timeouts.idle, b.timeouts.total],
             "max_inflight": b.max_inflight, "capabilities": sorted(b.capabilities), "weight": b.weight,

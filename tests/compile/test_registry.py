@@ -54,13 +54,22 @@ def test_persist_writes_snapshot_and_rows(tmp_path: Path) -> None:
 
 
 def test_secrets_never_reach_the_file(tmp_path: Path) -> None:
-    built = _built()
+    env = {**ENV, "GW_TOKEN": "gateway-SECRET-9012", "UP_KEY": "upstream-SECRET-3456", "VLLM_KEY": "vllm-SECRET-7890"}
+    text = SPEC.replace('    model_map: {llama: meta/llama}\n', '    model_map: {llama: meta/llama}\n'
+                        '    api_key: "${VLLM_KEY}"\n'
+                        '    headers: {x-gateway-token: "${GW_TOKEN}", Authorization: "Bearer ${UP_KEY}", '
+                        'X-Title: my-app}\n')
+    built = _built(text, env)
     db = tmp_path / "iir.db"
     with Registry(db) as reg:
         reg.persist(built.table, built.loaded.text)
+        active = reg.active_snapshot()
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
-    for secret in ENV.values():
+    for secret in env.values():
         assert secret.encode() not in raw
+    assert active is not None
+    headers = dict(active.compiled["backends"][1]["headers"])
+    assert headers == {"x-gateway-token": "<set>", "Authorization": "<set>", "X-Title": "my-app"}  # public stays
 
 
 def test_new_snapshot_replaces_rows_and_keeps_history(tmp_path: Path) -> None:
