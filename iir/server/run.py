@@ -38,7 +38,7 @@ class _QuietParserLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def exception(self, msg: object, *args: Any, exc_info: Any = True, **kw: Any) -> None:
         err = exc_info if isinstance(exc_info, BaseException) else None
-        self.warning("%s: %s", msg % args if args else msg, err or "bad request")
+        self.warning("%s: %s", str(msg) % args if args else msg, err or "bad request")
 
 
 @dataclass
