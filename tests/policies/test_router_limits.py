@@ -173,3 +173,21 @@ policies:
     assert [r[0] for r in m2] == [200, 200, 200, 429]
     assert b"per-model" in m2[3][2] and m2[3][1]["x-ratelimit-limit-requests"] == "3"
     assert up.calls == 5
+
+
+async def test_token_limit_reconciles_streams_with_usage(upstream, start_router, redis_url):
+    """A streamed answer settles with the usage in its final chunk; without usage the estimate stands."""
+    base, _ = await start_router(spec(upstream.url, redis_url, limit="tokens"), ENV)
+    client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="sk-test-ci", max_retries=0, timeout=20)
+    mid = [{"role": "user", "content": "word " * 600}]  # ~600 tokens reserved per request
+    for _ in range(2):  # each settles to the upstream's 11 tokens, so both fit in 1,000/min
+        stream = await client.chat.completions.create(model="m1", messages=mid, stream=True,
+                                                      stream_options={"include_usage": True})
+        assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == "Hello from upstream"
+    stream = await client.chat.completions.create(model="m1", messages=mid, stream=True)  # no usage reported
+    async for _ in stream:
+        pass
+    with pytest.raises(openai.RateLimitError):  # ~600 kept + 22 settled: another ~600 does not fit
+        await client.chat.completions.create(model="m1", messages=mid, stream=True)
+    assert upstream.calls == 3
+    await client.close()
