@@ -118,9 +118,10 @@ async def test_stream_replay_parses_in_openai_sdk(upstream, start_router):
     await client.close()
 
 
-async def test_single_flight_20_concurrent(upstream, start_router):
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_single_flight_20_concurrent(upstream, start_router, redis_url, store):
     upstream.delay = 0.5
-    base, _ = await start_router(spec(upstream.url))
+    base, _ = await start_router(spec(upstream.url, store, redis_url))
     body = {"model": "m1", "messages": [{"role": "user", "content": "single flight"}], "temperature": 0}
     results = await asyncio.gather(*(post(base, body) for _ in range(20)))
     assert [r[0] for r in results] == [200] * 20
