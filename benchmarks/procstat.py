@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TreeUsage", "cpu_seconds", "descendants", "read_stat", "rss_bytes", "tree_usage"]
+__all__ = ["TreeUsage", "cpu_seconds", "descendants", "idle_cpus", "machine_ticks", "read_stat", "rss_bytes", "tree_usage"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -81,3 +81,16 @@ def tree_usage(root: int, include_root_rss: bool = True) -> TreeUsage:
     pids = [root, *descendants(root)]
     rss_pids = pids if include_root_rss else pids[1:]
     return TreeUsage(cpu_seconds(pids), tuple(pids), tuple(rss_bytes(p) for p in rss_pids))
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(idle, total) clock ticks of the whole machine since boot (first line of /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return idle, sum(values[:8])  # guest time is already counted in user
+
+
+def idle_cpus(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """How many CPUs of the machine were idle, on average, between two :func:`machine_ticks`."""
+    total = after[1] - before[1]
+    return round((after[0] - before[0]) / total * (os.cpu_count() or 1), 2) if total > 0 else 0.0

@@ -42,7 +42,7 @@ from benchmarks.mock_upstream import (
     nginx_binary,
     start_mock,
 )
-from benchmarks.procstat import tree_usage
+from benchmarks.procstat import idle_cpus, machine_ticks, tree_usage
 from benchmarks.specs import CACHED_MODEL, JSON_MODEL, SSE_MODEL, TRICKLE_MODEL, bench_spec
 from benchmarks.targets import REPO, Proc, start_floor, start_router, start_trickle
 from benchmarks.ttfb import measure_relay, measure_ttfb
@@ -158,17 +158,18 @@ class Bench:
             run_wrk(url, body, connections=c, duration=self.args.warmup, threads=self.args.wrk_threads, headers=headers)
             accepted = self.mock.accepted_connections() if self.mock else 0
             log_from = log.stat().st_size if log is not None else 0
-            before = tree_usage(pid_root)
+            before, machine0 = tree_usage(pid_root), machine_ticks()
             res = run_wrk(url, body, connections=c, duration=self.args.duration, threads=self.args.wrk_threads,
                           headers=headers)
-            after = tree_usage(pid_root)
+            after, machine1 = tree_usage(pid_root), machine_ticks()
             # new upstream connections during the run (the status request itself is one)
             opened = self.mock.accepted_connections() - accepted - 1 if self.mock else None
             cpu = after.cpu_s - before.cpu_s
             row = {"target": target, "workers": workers, "kind": kind, "concurrency": c, **res.to_dict(),
                    "cpu_s": round(cpu, 3),
                    "cpu_ms_per_req": round(cpu * 1000 / res.requests, 4) if res.requests else None,
-                   "rss_mb": after.rss_mb, "pids": len(after.pids), "upstream_conns_opened": opened}
+                   "rss_mb": after.rss_mb, "pids": len(after.pids), "upstream_conns_opened": opened,
+                   "idle_cpus": idle_cpus(machine0, machine1)}
             if log is not None:
                 row["router_overhead_ms"] = overhead_from_log(log, log_from)
             self.runs.append(row)
