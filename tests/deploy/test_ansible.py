@@ -3,7 +3,7 @@ agent playbook run FOR REAL against localhost into a temporary prefix: it create
 writes the systemd unit and the agent config from the templates, starts the agent (as a
 background process: no init system here) on the tiny model, the agent registers with a real
 router started by the test, a request through the router is answered by it, and a second run
-(and a --check run) reports no change."""
+(and a --check run) reports no change. A --check run before the first one changes nothing."""
 
 from __future__ import annotations
 
@@ -182,6 +182,11 @@ def test_agent_playbook_runs_for_real_and_is_idempotent(router: tuple[str, Path]
     assert TOKEN not in inventory.read_text()
     prefix = tmp_path / "prefix"
     try:
+        # --check on a host that has nothing yet: it reports what it would do, and does nothing.
+        dry = _playbook(inventory, prefix, model_dir, "--check")
+        assert _recap(dry.stdout)["failed"] == 0 and _recap(dry.stdout)["changed"] > 0, dry.stdout
+        assert not prefix.exists(), sorted(str(p) for p in prefix.rglob("*"))
+
         first = _playbook(inventory, prefix, model_dir)
         assert _recap(first.stdout)["failed"] == 0 and _recap(first.stdout)["changed"] > 0
 
