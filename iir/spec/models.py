@@ -245,6 +245,11 @@ class CacheOverride(_Model):
 
     enabled: bool = Field(True, description="Cache this route's responses.")
     ttl: Duration | None = Field(None, description="Entry lifetime for this route.")
+    deterministic_only: bool | None = Field(
+        None, description="Only cache requests with temperature 0 or a seed; unset follows `policies.cache`.")
+    max_entry_size: Size | None = Field(None, description="Largest response stored for this route; unset follows `policies.cache`.")
+    fields: list[str] | None = Field(
+        None, description="Request fields (with the model) that make up this route's cache key; unset follows `policies.cache`.")
 
 
 class Route(_Model):
