@@ -131,6 +131,10 @@ class Route:
     cache: bool = False
     cache_ttl: float | None = None
     limits: tuple[str, ...] = ()
+    # per-route overrides of policies.cache (None: follow it)
+    cache_deterministic_only: bool | None = None
+    cache_max_entry_size: int | None = None
+    cache_fields: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,8 +85,10 @@ def _match(mt: m.Match) -> t.Match:
 
 
 def _route(i: int, r: m.Route, cache_default: bool) -> t.Route:
+    over: m.CacheOverride | None = None
     if isinstance(r.cache, m.CacheOverride):
-        cache, ttl = r.cache.enabled, r.cache.ttl
+        over = r.cache
+        cache, ttl = over.enabled, over.ttl
     else:
         cache, ttl = (cache_default if r.cache is None else r.cache), None
     by_model = r.to == "by-model"
@@ -94,6 +96,9 @@ def _route(i: int, r: m.Route, cache_default: bool) -> t.Route:
         name=r.name, index=i, match=_match(r.match), targets=() if by_model else tuple(r.to),
         by_model=by_model, strategy=r.strategy, affinity_header=r.affinity_header.lower(),
         cache=cache, cache_ttl=ttl, limits=tuple(r.limits),
+        cache_deterministic_only=over.deterministic_only if over else None,
+        cache_max_entry_size=over.max_entry_size if over else None,
+        cache_fields=tuple(over.fields) if over and over.fields is not None else None,
     )
 
 
@@ -199,9 +204,14 @@ def table_to_dict(table: t.RoutingTable, *, secrets: str = "omit") -> dict[str, 
 
     def route(r: t.Route) -> dict[str, Any]:
         mt = r.match
+        cache_over = {k: v for k, v in (("deterministic_only", r.cache_deterministic_only),
+                                        ("max_entry_size", r.cache_max_entry_size),
+                                        ("fields", list(r.cache_fields) if r.cache_fields is not None else None))
+                      if v is not None}
         return {
             "name": r.name, "targets": list(r.targets), "by_model": r.by_model, "strategy": r.strategy,
             "affinity_header": r.affinity_header, "cache": r.cache, "cache_ttl": r.cache_ttl,
+            **({"cache_override": cache_over} if cache_over else {}),  # absent when unused: digests stay
             "limits": list(r.limits),
             "match": {
                 "model": list(mt.model_patterns), "prompt_tokens": [mt.prompt_tokens_min, mt.prompt_tokens_max],
