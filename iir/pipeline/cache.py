@@ -135,20 +135,24 @@ async def _cache(ctx: RequestContext, nxt: Next, services: PolicyServices) -> we
     settings = table.cache
     if route is None or not route.cache or ctx.endpoint not in CACHEABLE_ENDPOINTS:
         return await nxt(ctx)
-    if settings.deterministic_only and not is_deterministic(ctx.endpoint, ctx.body):
+    deterministic_only = (route.cache_deterministic_only if route.cache_deterministic_only is not None
+                          else settings.deterministic_only)
+    max_entry_size = route.cache_max_entry_size if route.cache_max_entry_size is not None else settings.max_entry_size
+    fields = route.cache_fields if route.cache_fields is not None else (settings.fields or _DEFAULT_FIELDS)
+    if deterministic_only and not is_deterministic(ctx.endpoint, ctx.body):
         _set(ctx, "bypass")
         ctx.extras["cache_reason"] = "non-deterministic request"
         return await nxt(ctx)
     directives = _directives(ctx)
     no_cache, no_store = "no-cache" in directives, "no-store" in directives
     cache = services.cache(table)
-    key = cache_key(ctx.endpoint, f"{ctx.model}|{route.name}", ctx.body, settings.fields or _DEFAULT_FIELDS)
+    key = cache_key(ctx.endpoint, f"{ctx.model}|{route.name}", ctx.body, fields)
     ttl = route.cache_ttl if route.cache_ttl is not None else settings.ttl
     if no_cache:
         _set(ctx, "bypass")
         if no_store:
             return await nxt(ctx)
-        return await _lead(ctx, nxt, cache, key, True, ttl, settings.max_entry_size)
+        return await _lead(ctx, nxt, cache, key, True, ttl, max_entry_size)
     fut = cache.flight.in_flight(key)
     if fut is not None:
         entry = await _follow(fut)
@@ -168,7 +172,7 @@ async def _cache(ctx: RequestContext, nxt: Next, services: PolicyServices) -> we
         if entry is not None:
             return await _answer(ctx, entry)
     _set(ctx, "miss")
-    return await _lead(ctx, nxt, cache, key, not no_store, ttl, settings.max_entry_size)
+    return await _lead(ctx, nxt, cache, key, not no_store, ttl, max_entry_size)
 
 
 _DEFAULT_FIELDS = ("messages", "prompt", "input", "tools", "tool_choice", "temperature", "top_p", "max_tokens",

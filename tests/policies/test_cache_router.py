@@ -128,3 +128,33 @@ async def test_single_flight_20_concurrent(upstream, start_router, redis_url, st
     assert upstream.calls == 1
     states = sorted(r[1]["x-iir-cache"] for r in results)
     assert states.count("miss") == 1 and states.count("hit") == 19
+
+
+async def test_per_route_cache_settings(upstream, start_router):
+    """``routes[].cache`` overrides deterministic_only, fields and max_entry_size of policies.cache."""
+    base, _ = await start_router(f"""
+version: 1
+backends:
+  up: {{kind: openai-compatible, url: "{upstream.url}/v1", models: [loose, tiny-entries, default]}}
+routes:
+  - {{name: loose, match: {{model: loose}}, to: [up], cache: {{deterministic_only: false, fields: [messages]}}}}
+  - {{name: tiny-entries, match: {{model: tiny-entries}}, to: [up], cache: {{max_entry_size: 64}}}}
+  - {{name: default, match: {{model: default}}, to: [up]}}
+policies:
+  cache: {{ttl: 5m}}
+""")
+    loose = {"model": "loose", "messages": MSG, "temperature": 0.9, "max_tokens": 10}
+    _, h1, _ = await post(base, loose)
+    _, h2, _ = await post(base, {**loose, "max_tokens": 99, "temperature": 0.1})  # not key fields here
+    assert (h1["x-iir-cache"], h2["x-iir-cache"]) == ("miss", "hit") and upstream.calls == 1
+    _, h3, _ = await post(base, {**loose, "messages": [{"role": "user", "content": "other"}]})
+    assert h3["x-iir-cache"] == "miss" and upstream.calls == 2
+
+    _, h, _ = await post(base, {"model": "default", "messages": MSG, "temperature": 0.9})
+    assert h["x-iir-cache"] == "bypass"  # the policy's deterministic_only still holds elsewhere
+
+    small = {"model": "tiny-entries", "messages": MSG, "temperature": 0}
+    for _ in range(2):  # the answer is larger than the route's 64-byte limit: never stored
+        _, h, _ = await post(base, small)
+        assert h["x-iir-cache"] == "miss"
+    assert upstream.calls == 5
