@@ -34,10 +34,13 @@ class Reply:
             resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
             await resp.prepare(request)
             if self.parts:
-                for part in self.parts:
-                    await resp.write(part)
-                    await asyncio.sleep(0.2)  # let the router pass the first part to its client
-                await resp.write_eof()
+                try:
+                    for part in self.parts:
+                        await resp.write(part)
+                        await asyncio.sleep(0.2)  # let the router pass the first part to its client
+                    await resp.write_eof()
+                except ConnectionResetError:
+                    pass  # the router dropped the connection after a mid-stream failure (by design)
                 return resp
             data = self.raw if self.raw is not None else load_bytes(self.fixture)
             for i in range(0, len(data), 97):  # arbitrary splits, like a real network

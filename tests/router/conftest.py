@@ -223,3 +223,21 @@ async def router(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
 def base(server: RunningServer) -> str:
     return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+async def sdk() -> AsyncIterator[Callable[..., Any]]:
+    """Factory of official async openai clients on a router (closed after the test, so none is
+    left for the garbage collector to close on a finished event loop)."""
+    import openai
+
+    made: list[openai.AsyncOpenAI] = []
+
+    def make(server: RunningServer, api_key: str = "k", **kw: Any) -> openai.AsyncOpenAI:
+        client = openai.AsyncOpenAI(base_url=base(server) + "/v1", api_key=api_key, max_retries=0, **kw)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()

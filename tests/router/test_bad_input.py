@@ -117,7 +117,7 @@ async def test_unknown_path_and_method_are_openai_shaped(srv):
             _assert_openai_error(await r.json(), "method_not_allowed")
 
 
-async def test_auth_missing_wrong_bearer_and_x_api_key(srv):
+async def test_auth_missing_wrong_bearer_and_x_api_key(srv, sdk):
     async with aiohttp.ClientSession() as s:
         for headers, status, code in [
             ({}, 401, "invalid_api_key"),
@@ -131,13 +131,13 @@ async def test_auth_missing_wrong_bearer_and_x_api_key(srv):
                 assert r.status == status, headers
                 if code:
                     _assert_openai_error(await r.json(), code)
-    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="key-ci-123456", max_retries=0)
+    client = sdk(srv, "key-ci-123456")
     ok = await client.chat.completions.create(model="local/small", messages=[{"role": "user", "content": "x"}])
     assert ok.model == "local/small"
     with pytest.raises(openai.PermissionDeniedError):
         await client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.AuthenticationError):
-        bad = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="nope", max_retries=0)
+        bad = sdk(srv, "nope")
         await bad.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "x"}])
 
 

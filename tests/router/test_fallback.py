@@ -28,13 +28,13 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture
-async def pair(upstreams, router):
+async def pair(upstreams, router, sdk):
     """Two upstreams a → b behind the router; returns (a, b, client, start(a_url=None, fb=...))."""
     a, b = await upstreams(), await upstreams()
 
     async def start(a_url: str | None = None, fb: str = "400ms"):
         srv = await router(SPEC.format(a=a_url or a.url, b=b.url, fb=fb))
-        return srv, openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="k", max_retries=0)
+        return srv, sdk(srv)
 
     return a, b, start
 
@@ -119,20 +119,20 @@ async def test_all_backends_fail_502_surfaces_upstream_message(pair):
     assert e.value.response.headers["x-iir-attempts"] == "2"
 
 
-async def test_timeouts_everywhere_give_504(upstreams, router):
+async def test_timeouts_everywhere_give_504(upstreams, router, sdk):
     a = await upstreams(mode="hang")
     srv = await router(SPEC.format(a=a.url, b=a.url, fb="300ms").replace("to: [a, b]", "to: [a]"))
-    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="k", max_retries=0)
+    client = sdk(srv)
     with pytest.raises(openai.APIStatusError) as e:
         await _chat(client)
     assert e.value.status_code == 504 and e.value.code == "upstream_timeout"
 
 
-async def test_429_retry_after_honoured_when_it_fits(upstreams, router):
+async def test_429_retry_after_honoured_when_it_fits(upstreams, router, sdk):
     a = await upstreams(fail_first=1, status=429, headers={"Retry-After": "0.2"},
                         error_body=b'{"error": {"message": "slow down"}}')
     srv = await router(SPEC.format(a=a.url, b=a.url, fb="5s").replace("to: [a, b]", "to: [a]"))
-    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="k", max_retries=0)
+    client = sdk(srv)
     raw = await _chat(client)
     assert raw.headers["x-iir-attempts"] == "2" and len(a.requests) == 2
 
@@ -174,13 +174,13 @@ async def test_client_disconnect_while_waiting_closes_upstream(pair):
     assert a.disconnected_at is not None and a.disconnected_at - gone < 1.0
 
 
-async def test_upstream_echoing_our_credentials_is_masked(upstreams, router):
+async def test_upstream_echoing_our_credentials_is_masked(upstreams, router, sdk):
     a = await upstreams(mode="status", status=500)
     a.error_body = b'{"error": {"message": "internal failure (got Bearer sk-backend-secret-42)"}}'
     spec = SPEC.format(a=a.url, b=a.url, fb="5s").replace("to: [a, b]", "to: [a]").replace(
         "models: [m], timeouts", 'api_key: "${UP_KEY}", models: [m], timeouts')
     srv = await router(spec, env={"UP_KEY": "sk-backend-secret-42"})
-    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="k", max_retries=0)
+    client = sdk(srv)
     with pytest.raises(openai.APIStatusError) as e:
         await _chat(client)
     assert e.value.status_code == 502 and "internal failure" in e.value.message
@@ -188,11 +188,11 @@ async def test_upstream_echoing_our_credentials_is_masked(upstreams, router):
     assert a.request_headers[-1]["authorization"] == "Bearer sk-backend-secret-42"
 
 
-async def test_idle_timeout_mid_stream_ends_with_sse_error_and_closes_upstream(upstreams, router):
+async def test_idle_timeout_mid_stream_ends_with_sse_error_and_closes_upstream(upstreams, router, sdk):
     a = await upstreams(mode="stall")
     spec = SPEC.format(a=a.url, b=a.url, fb="5s").replace("to: [a, b]", "to: [a]").replace("idle: 2s", "idle: 300ms")
     srv = await router(spec)
-    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="k", max_retries=0)
+    client = sdk(srv)
     stream = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
                                                   stream=True)
     with pytest.raises(openai.APIError, match=r"timed out \(idle\)"):

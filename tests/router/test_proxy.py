@@ -234,10 +234,10 @@ routes:
 """
 
 
-async def test_prompt_size_and_tools_rules_pick_the_route(upstreams, router):
+async def test_prompt_size_and_tools_rules_pick_the_route(upstreams, router, sdk):
     a, b = await upstreams(), await upstreams()
     srv = await router(SIZE_SPEC.format(a=a.url, b=b.url))
-    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="unused", max_retries=0)
+    client = sdk(srv, "unused")
     short = await client.chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": "hi"}])
     assert short.headers["x-iir-route"].startswith("short-prompts") and short.headers["x-iir-backend"] == "small"
