@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
+import anthropic
 import openai
 import pytest
 
@@ -186,3 +187,35 @@ def test_which_values_are_credentials() -> None:
     assert backend_secrets(b) == ("Bearer tok-abcdef", "sk-key-123456", "tok-abcdef")
     assert mask_secrets("Bearer tok-abcdef; tok-abcdef; sk-key-123456; iir-router 2023-06-01 abc", [b]) == \
         "***; ***; ***; iir-router 2023-06-01 abc"
+
+
+@pytest.fixture
+async def anthropic_client(router_url: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    async with anthropic.AsyncAnthropic(base_url=router_url, api_key="unused", max_retries=0, timeout=15) as c:
+        yield c
+
+
+async def test_messages_ingress_error_echoing_credentials(anthropic_client: anthropic.AsyncAnthropic,
+                                                          openai_up: FakeProvider, logs: list[str]) -> None:
+    """Anthropic-format clients (``/v1/messages``) get the same masking, error body and stream."""
+    body = {"error": {"code": 401, "message": f"No auth credentials found ({echo_everything()})"}}
+    openai_up.script = [Reply("x.json", raw=json.dumps(body).encode(), status=401)]
+    with pytest.raises(anthropic.APIStatusError) as e:
+        await anthropic_client.messages.create(model="openai/gpt-4o", max_tokens=5, messages=MESSAGES)
+    assert e.value.status_code == 502 and "No auth credentials found" in e.value.body["error"]["message"]
+    assert_no_secret(json.dumps(e.value.body), *logs)
+
+    chunk = {"id": "gen-2", "object": "chat.completion.chunk", "created": 1, "model": "openai/gpt-4o",
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}]}
+    error = {"id": "gen-2", "object": "chat.completion.chunk", "created": 1, "model": "openai/gpt-4o",
+             "error": {"code": "server_error", "message": f"upstream said {echo_everything()}"},
+             "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]}
+    openai_up.script = [Reply("x.sse", parts=(b"data: " + json.dumps(chunk).encode() + b"\n\n",
+                                              b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n"))]
+    text = ""
+    with pytest.raises(anthropic.APIStatusError) as streamed:
+        async with anthropic_client.messages.stream(model="openai/gpt-4o", max_tokens=5, messages=MESSAGES) as s:
+            async for delta in s.text_stream:
+                text += delta
+    assert text == "Hel" and "upstream said key ***" in str(streamed.value)
+    assert_no_secret(str(streamed.value), json.dumps(streamed.value.body), *logs)
