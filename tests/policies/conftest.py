@@ -17,6 +17,7 @@ from aiohttp import web
 from iir.compile.build import build_table
 from iir.server.app import create_app
 from iir.server.state import TableState
+from tests.agent.conftest import start_agent, tiny_engine, tiny_model_dir  # noqa: F401 - real agents (one engine per session)
 
 
 @dataclass

@@ -12,7 +12,6 @@ import pytest
 
 from iir.agent.demo_model import DEMO_ANSWER
 from iir.policies.tokens import TokenCounter
-from tests.agent.conftest import start_agent, tiny_engine, tiny_model_dir  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]
 
@@ -47,7 +46,7 @@ async def _agent_call(s: aiohttp.ClientSession, base: str, path: str, body: dict
 
 
 async def test_auto_short_to_least_loaded_agent_long_or_tools_to_cluster(
-        upstream, start_router, start_agent, redis_url) -> None:  # noqa: F811
+        upstream, start_router, start_agent, redis_url) -> None:
     env = {"REDIS_URL": redis_url, "LLMD_ENDPOINT": f"{upstream.url}/v1", "IIR_AGENT_TOKEN": TOKEN,
            "IIR_KEY_APPS": KEY}
     base, _ = await start_router(loopback_spec(), env)

@@ -14,7 +14,6 @@ import openai
 import pytest
 
 from iir.agent.demo_model import DEMO_ANSWER
-from tests.agent.conftest import start_agent, tiny_engine, tiny_model_dir  # noqa: F401 - fixtures
 from tests.conftest import free_port
 from tests.observability.serving import serve, stop, wait_ready
 
@@ -75,7 +74,7 @@ async def _post(s: aiohttp.ClientSession, base: str, body: dict, key: str) -> tu
         return r.status, dict(r.headers), await r.read()
 
 
-async def test_two_processes_share_limit_cache_and_agents(replicas, upstream, start_agent) -> None:  # noqa: F811
+async def test_two_processes_share_limit_cache_and_agents(replicas, upstream, start_agent) -> None:
     a, b = replicas
     async with aiohttp.ClientSession() as s:
         # 1. One 60/min key limit over both processes: 60 ± 2 admitted, not 120.
