@@ -94,10 +94,12 @@ async def test_body_over_max_body_is_413(srv, caplog):
     assert not [r for r in caplog.records if r.exc_info]
 
 
-async def test_unsupported_content_type_is_415(srv):
+async def test_unsupported_content_type_is_415(srv, caplog):
+    caplog.set_level(logging.DEBUG)
     status, body = await _post(base(srv), b"model=gpt-test", {"content-type": "application/x-www-form-urlencoded"})
     assert status == 415
     _assert_openai_error(body, "unsupported_media_type")
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 async def test_header_of_64kb_is_a_clean_4xx(srv, caplog):
@@ -117,7 +119,8 @@ async def test_unknown_path_and_method_are_openai_shaped(srv):
             _assert_openai_error(await r.json(), "method_not_allowed")
 
 
-async def test_auth_missing_wrong_bearer_and_x_api_key(srv, sdk):
+async def test_auth_missing_wrong_bearer_and_x_api_key(srv, sdk, caplog):
+    caplog.set_level(logging.DEBUG)
     async with aiohttp.ClientSession() as s:
         for headers, status, code in [
             ({}, 401, "invalid_api_key"),
@@ -139,6 +142,7 @@ async def test_auth_missing_wrong_bearer_and_x_api_key(srv, sdk):
     with pytest.raises(openai.AuthenticationError):
         bad = sdk(srv, "nope")
         await bad.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "x"}])
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
 async def test_keys_never_logged(srv, caplog):
