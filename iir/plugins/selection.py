@@ -99,12 +99,14 @@ def filter_capability(b: Backend, req: SelectionRequest, health: HealthView) -> 
 
 
 def filter_allowed_by_key(b: Backend, req: SelectionRequest, health: HealthView) -> str:
-    if req.key_models is None:
+    """The key may use the requested name, or the model this backend would serve for it: the
+    requested model if the backend declares it, else (an alias such as ``auto``) its first model."""
+    if req.key_models is None or req.key_models(req.model):
         return ""
-    served = [b.upstream_model(req.model), *b.models]
-    if req.key_models(req.model) or any(req.key_models(m) for m in served):
+    served = req.model if b.serves(req.model) else (b.models[0] if b.models else "")
+    if served and req.key_models(served):
         return ""
-    return "the client key may not use this backend's models"
+    return f"the client key may not use model {served!r}"
 
 
 Filter = Callable[[Backend, SelectionRequest, HealthView], str]
