@@ -1,4 +1,5 @@
-"""Auth stage: client keys (``Authorization: Bearer`` or ``x-api-key``) and per-key model globs.
+"""Auth stage: client keys (``Authorization: Bearer`` or ``x-api-key``) and per-key model globs
+(for declared models; aliases are checked per backend by the ``allowed-by-key`` filter).
 
 Keys are looked up by the SHA-256 digest of the presented value in ``table.auth``, so the
 comparison never runs over the secret itself (timing-safe) and no key is ever held in clear.
@@ -55,7 +56,10 @@ def admin_allowed(auth: AuthTable, request: web.Request) -> bool:
 
 async def _auth(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
     key = resolve_key(ctx.table.auth, presented_key(ctx.http))
-    if key is not None and not key.allows(ctx.model):
+    # A model some backend declares is refused here. Any other name (an alias that only routes
+    # resolve, such as `auto`) is left to the select stage's `allowed-by-key` filter, which keeps
+    # only the backends whose served model this key may use (403 if none is left).
+    if key is not None and not key.allows(ctx.model) and ctx.model in ctx.table.model_index:
         raise PermissionDeniedError(f"this API key may not use model {ctx.model!r}", param="model")
     ctx.key = key
     return await nxt(ctx)

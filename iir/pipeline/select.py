@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from iir.backends.base import Adapter
-from iir.errors import NoBackendError
+from iir.errors import NoBackendError, PermissionDeniedError
 from iir.pipeline.context import Candidate, Next, RequestContext, Stage
 from iir.pipeline.route import model_not_found
 from iir.pipeline.services import SERVICES, LiveAgents
@@ -24,6 +24,7 @@ from iir.table import Backend
 __all__ = ["make_stage", "route_backends", "select_candidates", "selection_request"]
 
 AGENTS_TARGET = "agents"
+KEY_FILTER = "allowed-by-key:"  # the reason prefix of candidates the client key may not use
 
 
 def _agents_for(ctx: RequestContext, live_agents: LiveAgents) -> tuple[Backend, ...]:
@@ -129,6 +130,10 @@ def make_stage(app: web.Application) -> Stage:
         if not ctx.candidates and ctx.route is not None and ctx.route.by_model:
             raise model_not_found(ctx.table, ctx.model)  # no backend declares it: an unknown model
         if not any(c.kept for c in ctx.candidates):
+            if ctx.candidates and all(c.reason.startswith(KEY_FILTER) for c in ctx.candidates):
+                raise PermissionDeniedError(
+                    f"this API key may not use model {ctx.model!r}: it may not use the models of "
+                    f"the backends of route {ctx.route.name if ctx.route else '?'!r}", param="model")
             raise no_backend(ctx)
         return await nxt(ctx)
 
