@@ -33,6 +33,13 @@ def test_hadolint_clean(dockerfile: Path) -> None:
     run([tool("hadolint"), "--failure-threshold", "info", str(dockerfile)])
 
 
+def test_hadolint_can_fail(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get update && apt-get install -y curl\n")
+    proc = run([tool("hadolint"), "--failure-threshold", "info", str(bad)], check=False)
+    assert proc.returncode != 0 and "DL3007" in proc.stdout  # the `latest` tag
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_is_non_root_with_healthcheck(dockerfile: Path) -> None:
     text = dockerfile.read_text()
