@@ -56,15 +56,18 @@ def seed(files: tuple[str, ...], db_path: str | None) -> None:
 
     path = _db(db_path)
     failed = False
+    valid = []
+    for f in files:  # everything is checked before the registry is opened: no file when none is valid
+        try:
+            valid.append((f, build_table(f, os.environ)))
+        except ConfigError as e:
+            failed = True
+            echo_diagnostics(e.diagnostics)
+    if not valid:
+        sys.exit(1)
     try:
         with Registry(path) as reg:
-            for f in files:
-                try:
-                    built = build_table(f, os.environ)
-                except ConfigError as e:
-                    failed = True
-                    echo_diagnostics(e.diagnostics)
-                    continue
+            for f, built in valid:
                 snap = reg.persist(built.table, built.loaded.text, f)
                 click.echo(f"{f}: snapshot {snap} ({built.table.digest[:12]})")
     except RegistryError as e:

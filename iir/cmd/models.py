@@ -2,7 +2,8 @@
 
 Edits the spec file itself with ruamel round-trip (comments, order and formatting of untouched
 parts are kept byte-for-byte), validates the result with the full config pipeline, and only
-then replaces the file atomically. An invalid result is refused and the file is left alone. A
+then replaces the file atomically. A file that does not load is not edited (its diagnostics are
+printed, as by ``iir validate``); an invalid result is refused and the file is left alone. A
 running router picks the change up through hot reload.
 """
 
@@ -21,6 +22,7 @@ from iir.cmd.spec import DEFAULT_SPEC, SPEC_ARG, build_or_exit, echo_diagnostics
 from iir.compile.build import build_text
 from iir.errors import ConfigError
 from iir.spec.edit import SpecEditError, add_model, remove_model, update_model, write_atomically
+from iir.spec.load import read_spec_text
 
 __all__ = ["commands"]
 
@@ -67,9 +69,14 @@ def _apply(spec_path: str, edit: Callable[[str], str], done: str) -> None:
     """Edit, validate, write atomically; refuse (exit 1) on any problem."""
     path = Path(spec_path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        click.echo(f"{spec_path}: cannot read: {getattr(e, 'strerror', None) or e}", err=True)
+        text = read_spec_text(path)  # the loader's limits: size, binary, UTF-8
+    except ConfigError as e:
+        echo_diagnostics(e.diagnostics)
+        sys.exit(1)
+    try:  # edits start from a spec that loads: otherwise its own diagnostics, as `iir validate` prints them
+        build_text(text, spec_path, os.environ)
+    except ConfigError as e:
+        echo_diagnostics(e.diagnostics)
         sys.exit(1)
     try:
         new_text = edit(text)

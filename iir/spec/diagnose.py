@@ -143,6 +143,11 @@ def _message(e: dict[str, Any]) -> str:
         return f"must be {op} {bound}{got}"
     if kind == "too_short":
         return f"must have at least {ctx.get('min_length', 1)} item(s)"
+    if kind == "string_too_short":
+        n = ctx.get("min_length", 1)
+        return "must not be empty" if n == 1 else f"must be at least {n} characters{got}"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length', '?')} characters"
     if kind == "string_pattern_mismatch":
         return f"invalid name{got}: {_NAME_HINT}"
     return str(e["msg"]).removeprefix("Value error, ")

@@ -136,8 +136,8 @@ def _splice(orig: str, before: str, after: str) -> str:
 
 def edit_text(text: str, change: Callable[[CommentedMap], None]) -> str:
     """Apply ``change`` to the round-trip tree of ``text``; return the new text."""
-    y = _yaml(text)
     try:
+        y = _yaml(text)
         tree = y.load(text)
     except YAMLError as e:
         raise SpecEditError(f"the spec is not valid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

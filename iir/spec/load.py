@@ -93,6 +93,11 @@ def _sort(diags: list[Diagnostic]) -> list[Diagnostic]:
 
 def load_spec(path: str | Path, env: Mapping[str, str]) -> LoadedSpec:
     """Read and validate a spec file. Raises :class:`ConfigError` with every diagnostic."""
+    return load_text(read_spec_bytes(path), str(path), env)
+
+
+def read_spec_bytes(path: str | Path) -> bytes:
+    """The file's bytes, refusing directories, unreadable and oversized files (:class:`ConfigError`)."""
     name = str(path)
     try:
         p = Path(path)
@@ -102,10 +107,14 @@ def load_spec(path: str | Path, env: Mapping[str, str]) -> LoadedSpec:
         if size > MAX_SPEC_BYTES:
             raise ConfigError([Diagnostic(name, 1, 1, "", f"file is {size} bytes; a spec may be at most {MAX_SPEC_BYTES} bytes")])
         with p.open("rb") as f:
-            data = f.read(MAX_SPEC_BYTES + 1)  # never more, even from a device or a growing file
+            return f.read(MAX_SPEC_BYTES + 1)  # never more, even from a device or a growing file
     except OSError as e:
         raise ConfigError([Diagnostic(name, 1, 1, "", f"cannot read spec: {e.strerror or e}")]) from None
-    return load_text(data, name, env)
+
+
+def read_spec_text(path: str | Path) -> str:
+    """:func:`read_spec_bytes` decoded as the loader does (empty, binary and non-UTF-8 files refused)."""
+    return _decode(read_spec_bytes(path), str(path))
 
 
 def load_text(data: bytes | str, name: str, env: Mapping[str, str]) -> LoadedSpec:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from iir.spec.units import Duration, Rate, Size
 
@@ -145,9 +145,19 @@ class Price(_Model):
     output: float = Field(..., ge=0, description="Dollars per million completion tokens.")
 
 
+def _model_name(value: str) -> str:
+    if not value or len(value) > 256 or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"invalid model name {value!r}: 1 to 256 printable characters, no spaces")
+    return value
+
+
+#: A model name as clients send it or as an upstream expects it (``llama-3.1-8b``, ``org/model:tag``).
+ModelName = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_model_name)]
+
+
 class _BackendBase(_Model):
-    models: list[str] = Field(..., min_length=1, description="Model names this backend serves, as clients ask for them.")
-    model_map: dict[str, str] = Field(
+    models: list[ModelName] = Field(..., min_length=1, description="Model names this backend serves, as clients ask for them.")
+    model_map: dict[str, ModelName] = Field(
         {}, description="Client model name → the name sent upstream, where they differ.")
     context_window: int | None = Field(None, ge=1, description="Largest prompt + completion, in tokens.")
     price: dict[str, Price] = Field({}, description="Price per model, for the `cheapest` strategy and cost logs.")

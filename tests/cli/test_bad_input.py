@@ -116,3 +116,29 @@ def test_json_report_for_ci(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     github = CliRunner().invoke(cli, ["validate", "tabs.yaml", "--format", "github"])
     assert github.stdout == ("::error file=tabs.yaml,line=3,col=1::YAML syntax error: tab character; "
                              "YAML is indented with spaces, not tabs\n")
+
+
+EDITS = [["models", "add", "m", "-b", "laptop", "--spec", "{f}"], ["models", "update", "m", "--upstream", "u", "--spec", "{f}"],
+         ["models", "remove", "m", "--spec", "{f}"], ["models", "list", "--spec", "{f}"],
+         ["compile", "{f}", "--db", "x.db"], ["explain", "--spec", "{f}", "-m", "auto"], ["db", "seed", "{f}", "--db", "x.db"]]
+
+
+@pytest.mark.parametrize("case", [*ACCEPTANCE, "big"])
+def test_every_bad_file_through_every_command(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The editing commands read the file the loader's way too: the same one-line diagnostics,
+    exit 1, the file left byte-identical, no registry written."""
+    name = f"{case}.yaml"
+    if case == "big":
+        with (tmp_path / name).open("wb") as f:
+            f.truncate(50 * 1024 * 1024)
+        expected = [f"{name}:1:1 file is 52428800 bytes; a spec may be at most 5242880 bytes"]
+    else:
+        shutil.copy(GOLDEN / name, tmp_path / name)
+        expected = _expected(case)
+    before = (tmp_path / name).read_bytes()
+    for command in EDITS:
+        code, lines = _invoke([a.replace("{f}", name) for a in command], tmp_path, monkeypatch)
+        assert code == 1, command
+        assert lines == expected, command
+        assert (tmp_path / name).read_bytes() == before
+        assert not (tmp_path / "x.db").exists()
