@@ -15,6 +15,8 @@ real usage (``ctx.usage``; a cache hit costs no tokens). Refusals raise
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from aiohttp import web
 
 from iir.errors import IIRError, RateLimitedError
@@ -132,8 +134,8 @@ def make_backend_stage(app: web.Application) -> Stage:
     """After select: ``per: backend`` limits."""
     services = app[POLICIES]
 
-    async def backend_ratelimit(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
-        return await _run_backend(ctx, nxt, services)
+    def backend_ratelimit(ctx: RequestContext, nxt: Next) -> Awaitable[web.StreamResponse]:
+        return _run_backend(ctx, nxt, services)
 
     return backend_ratelimit
 
@@ -141,8 +143,8 @@ def make_backend_stage(app: web.Application) -> Stage:
 def make_stage(app: web.Application) -> Stage:
     services = app[POLICIES]
 
-    async def ratelimit(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
-        return await _run(ctx, nxt, services, pre_route=True)
+    def ratelimit(ctx: RequestContext, nxt: Next) -> Awaitable[web.StreamResponse]:
+        return _run(ctx, nxt, services, pre_route=True)
 
     return ratelimit
 
@@ -150,7 +152,7 @@ def make_stage(app: web.Application) -> Stage:
 def make_route_stage(app: web.Application) -> Stage:
     services = app[POLICIES]
 
-    async def route_ratelimit(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
-        return await _run(ctx, nxt, services, pre_route=False)
+    def route_ratelimit(ctx: RequestContext, nxt: Next) -> Awaitable[web.StreamResponse]:
+        return _run(ctx, nxt, services, pre_route=False)
 
     return route_ratelimit
