@@ -4,6 +4,7 @@ fields the router itself relies on. Everything else passes through to the backen
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -31,8 +32,15 @@ _REQUIRED = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
 
 async def read_body(request: web.Request, max_body: int) -> bytes:
     """The request body, refusing more than ``max_body`` bytes without reading them all."""
-    if request.content_length is not None and request.content_length > max_body:
-        raise PayloadTooLargeError(f"request body is {request.content_length} bytes; the limit is {max_body}")
+    length = request.content_length
+    if length is not None:
+        if length > max_body:
+            raise PayloadTooLargeError(f"request body is {length} bytes; the limit is {max_body}")
+        try:
+            return await request.content.readexactly(length)  # one read: no chunk loop, no copy
+        except asyncio.IncompleteReadError as e:
+            raise BadRequestError(f"request body ended after {len(e.partial)} of {length} bytes",
+                                  code="invalid_json") from None
     buf = bytearray()
     async for chunk in request.content.iter_any():
         buf += chunk
