@@ -18,9 +18,11 @@ import orjson
 
 from iir.compile.build import Built, build_table
 from iir.errors import ConfigError, Diagnostic
-from iir.plugins.matching import AGENTS_TARGET, candidates, features_from_body, match_route
+from iir.plugins.matching import AGENTS_TARGET, CandidateVerdict, candidates, features_from_body, match_route
+from iir.plugins.selection import NoHealth, SelectionRequest, filter_allowed_by_key
+from iir.spec.diagnose import did_you_mean
 from iir.spec.schema import spec_json_schema_text, spec_markdown
-from iir.table import Route, RoutingTable
+from iir.table import ClientKey, Route, RoutingTable
 
 __all__ = ["DEFAULT_SPEC", "SPEC_ARG", "build_or_exit", "commands", "count_prompt_tokens", "echo_diagnostics"]
 
@@ -197,6 +199,36 @@ def _semantic_matcher(table: RoutingTable) -> Callable[[Route, str], bool] | Non
     return sem.matcher()
 
 
+def _client_key(built: Built, name: str | None) -> ClientKey | None:
+    """The configured key called ``name``; a usage error naming the problem otherwise."""
+    if name is None:
+        return None
+    keys = {k.name: k for k in built.table.auth.keys_by_sha256.values()}
+    if name in keys:
+        return keys[name]
+    declared = [k.name for k in built.loaded.spec.auth.keys]
+    if name in declared:
+        raise click.BadParameter(f"client key {name!r} is disabled: its value is empty (set its variable)",
+                                 param_hint="--key")
+    hint = did_you_mean(name, declared) if declared else " (the spec declares no client keys)"
+    raise click.BadParameter(f"unknown client key {name!r}{hint}", param_hint="--key")
+
+
+def _key_filter(cands: tuple[CandidateVerdict, ...], model: str, key: ClientKey | None) -> tuple[CandidateVerdict, ...]:
+    """Drop, as the select stage does, the kept candidates whose served model the key may not use."""
+    if key is None or key.models_re is None:
+        return cands
+    request = SelectionRequest(model, key_models=key.allows)
+    out = []
+    for c in cands:
+        why = filter_allowed_by_key(c.backend, request, _NO_HEALTH) if c.kept and c.backend is not None else ""
+        out.append(dataclasses.replace(c, kept=False, reason=f"allowed-by-key: {why}") if why else c)
+    return tuple(out)
+
+
+_NO_HEALTH = NoHealth()
+
+
 @click.command()
 @click.option("--model", "-m", help="Requested model (overrides the request body's).")
 @click.option("--prompt", "-p", help="The user message.")
@@ -214,21 +246,29 @@ def explain(model: str | None, prompt: str | None, request: str | None, headers:
     why each is kept or dropped. Registered agents are not known offline."""
     if prompt is not None and request is not None:
         raise click.UsageError("give --prompt or --request, not both")
-    table = build_or_exit(spec_path).table
+    built = build_or_exit(spec_path)
+    table = built.table
+    key = _client_key(built, key_name)
     body = _request_body(model, prompt, request, tools, images)
     features = features_from_body(body, headers=_parse_headers(headers), key_name=key_name)
     features = dataclasses.replace(features, prompt_tokens=count_prompt_tokens(body, features.model))
-    route, trace = match_route(table, features, semantic=_semantic_matcher(table), trace=True)
-    cands = candidates(table, route, features) if route else ()
+    # the auth stage refuses a declared model the key may not use, before any routing
+    refused = (f"client key {key.name!r} may not use model {features.model!r}: the router answers 403"
+               if key is not None and not key.allows(features.model) and features.model in table.model_index else None)
+    route, trace = (None, []) if refused else match_route(table, features, semantic=_semantic_matcher(table), trace=True)
+    cands = _key_filter(candidates(table, route, features), features.model, key) if route else ()
     if fmt == "json":
         out = {"model": features.model, "prompt_tokens": features.prompt_tokens, "tools": features.has_tools,
-               "images": features.has_images, "route": route.name if route else None,
+               "images": features.has_images, "key": key_name, "refused": refused, "route": route.name if route else None,
                "routes": [dataclasses.asdict(v) for v in trace],
                "candidates": [{"backend": c.name, "kept": c.kept, "reason": c.reason} for c in cands]}
         click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(f"request: model={features.model!r} prompt_tokens={features.prompt_tokens} "
                    f"tools={features.has_tools} images={features.has_images} key={key_name!r}")
+        if refused:
+            click.echo(f"refused: {refused}")
+            sys.exit(0)
         click.echo("routes:")
         for v in trace:
             click.echo(f"  {'→' if v.matched else ' '} {v.index}. {v.route}: {'MATCH' if v.matched else 'skip'} ({v.reason})")

@@ -102,6 +102,27 @@ def test_explain_text_and_json(workdir: Path) -> None:
     assert run("explain", "-r", "bad.json").exit_code == 2
 
 
+def test_explain_applies_the_client_keys_allow_list(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the router does: a declared model the key may not use is refused (403) before routing;
+    for an alias such as `auto`, candidates serving a model outside the key's list are dropped."""
+    shutil.copy(ROOT / "examples" / "laptop-vllm-openai.yaml", workdir / "spec.yaml")
+    monkeypatch.setenv("IIR_KEY_CI", "ci-key-value-1234")  # models: ["local/*", gpt-4o-mini]
+    monkeypatch.delenv("IIR_KEY_TEAM", raising=False)
+    refused = run("explain", "--spec", "spec.yaml", "-m", "llama-3.1-8b", "--key", "ci")
+    assert refused.exit_code == 0
+    assert "refused: client key 'ci' may not use model 'llama-3.1-8b': the router answers 403" in refused.stdout
+    assert "routes:" not in refused.stdout
+    auto = json.loads(run("explain", "--spec", "spec.yaml", "-m", "auto", "--key", "ci", "--format", "json").stdout)
+    assert auto["refused"] is None and auto["route"] == "short-on-device"
+    assert auto["candidates"][:2] == [
+        {"backend": "laptop", "kept": True, "reason": "sends model 'local/mistral-7b-instruct-q4'"},
+        {"backend": "gpu-box", "kept": False, "reason": "allowed-by-key: the client key may not use model 'llama-3.1-8b'"}]
+    unknown = run("explain", "--spec", "spec.yaml", "-m", "auto", "--key", "cii")
+    assert unknown.exit_code == 2 and "unknown client key 'cii' (did you mean 'ci'?)" in unknown.stderr
+    disabled = run("explain", "--spec", "spec.yaml", "-m", "auto", "--key", "team")
+    assert disabled.exit_code == 2 and "client key 'team' is disabled" in disabled.stderr
+
+
 def _ops(old: str, new: str) -> list[tuple[str, list[str], list[str]]]:
     a, b = old.splitlines(True), new.splitlines(True)
     return [(t, a[i1:i2], b[j1:j2]) for t, i1, i2, j1, j2 in
