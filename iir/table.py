@@ -72,6 +72,9 @@ class Backend:
     configured: bool = True
     unconfigured_reason: str = ""
     dynamic: bool = False  # a registered agent rather than a spec backend
+    #: OpenAI-family streams: ask upstream for usage (``stream_options.include_usage``) even
+    #: when the client did not, so limits and logs see completion tokens
+    stream_usage: bool = True
     #: ``models`` as a set: membership in O(1) however many models a backend declares
     model_set: frozenset[str] = field(init=False, repr=False, compare=False)
 

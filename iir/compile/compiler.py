@@ -64,7 +64,7 @@ def _backend(name: str, b: m.SelfHostedBackend | m.CloudBackend, env: Mapping[st
         prices=MappingProxyType({k: (p.input, p.output) for k, p in b.price.items()}),
         timeouts=t.Timeouts(b.timeouts.connect, b.timeouts.first_byte, b.timeouts.idle, b.timeouts.total),
         max_inflight=b.max_inflight, capabilities=frozenset(b.capabilities), weight=b.weight,
-        configured=configured, unconfigured_reason=reason,
+        configured=configured, unconfigured_reason=reason, stream_usage=b.stream_usage,
     )
 
 
@@ -200,6 +200,7 @@ def table_to_dict(table: t.RoutingTable, *, secrets: str = "omit") -> dict[str, 
             "timeouts": [b.timeouts.connect, b.timeouts.first_byte, b.timeouts.idle, b.timeouts.total],
             "max_inflight": b.max_inflight, "capabilities": sorted(b.capabilities), "weight": b.weight,
             "configured": b.configured, "unconfigured_reason": b.unconfigured_reason,
+            **({} if b.stream_usage else {"stream_usage": False}),  # absent when default: digests stay
         }
 
     def route(r: t.Route) -> dict[str, Any]:

@@ -167,6 +167,11 @@ class _BackendBase(_Model):
     capabilities: list[Literal["tools", "images", "json"]] = Field(
         ["tools", "json"], description="What the backend supports; requests needing more skip it.")
     weight: float = Field(1.0, gt=0, description="Relative share of traffic for the `weighted` strategy.")
+    stream_usage: bool = Field(
+        True, description="OpenAI-compatible kinds: on streams, ask upstream for token usage "
+        "(`stream_options.include_usage`) even when the client did not, so rate limits, logs and metrics see "
+        "completion tokens (the extra usage chunk is not passed to such a client). Set false for a server "
+        "that rejects `stream_options`. Ignored by agent, anthropic and google backends.")
 
 
 class SelfHostedBackend(_BackendBase):
