@@ -6,7 +6,8 @@ once a byte has reached the client. After that, a failure ends the stream with a
 event, which the official openai SDK raises. Every try is recorded in ``ctx.attempts``.
 
 Per-backend timeouts: ``connect`` (TCP/TLS), ``first_byte`` (request sent → first body line
-for streams, → response headers otherwise), ``idle`` (between stream chunks) and ``total``.
+that is not an SSE comment for streams, → response headers otherwise), ``idle`` (between
+stream chunks) and ``total``.
 The server runs with ``handler_cancellation``: a client that goes away cancels this task, and
 the ``finally`` blocks close the upstream connection at once.
 """
@@ -125,13 +126,18 @@ def _upstream_error(adapter: Adapter, status: int, body: bytes, headers: Any, ba
 
 async def _blocks(ctx: RequestContext, backend: Backend, content: aiohttp.StreamReader,
                   deadline: float) -> AsyncIterator[bytes]:
-    """Whole-line blocks of the upstream body, under the first-byte, idle and total limits."""
+    """Whole-line blocks of the upstream body, under the first-byte, idle and total limits.
+
+    The first-byte limit runs from the start of the body until a line that is not an SSE
+    comment arrives: keep-alive comments (``: OPENROUTER PROCESSING``) do not stop it."""
     t = backend.timeouts
-    limit, what = t.first_byte, "first byte"
+    first_by = time.perf_counter() + t.first_byte
+    begun = False
     pending = b""
     while True:
-        remaining = deadline - time.perf_counter()
         start = time.perf_counter()
+        remaining = deadline - start
+        limit, what = (t.idle, "idle") if begun else (first_by - start, "first byte")
         try:
             async with asyncio.timeout(max(min(limit, remaining), 0.001)):
                 chunk = await content.readany()
@@ -148,12 +154,18 @@ async def _blocks(ctx: RequestContext, backend: Backend, content: aiohttp.Stream
             if pending:
                 yield pending + b"\n"
             return
-        limit, what = t.idle, "idle"
         pending += chunk
         cut = pending.rfind(b"\n")
         if cut >= 0:
             block, pending = pending[: cut + 1], pending[cut + 1:]
+            if not begun:
+                begun = not _comments_only(block)
             yield block
+
+
+def _comments_only(block: bytes) -> bool:
+    """True when every line of ``block`` is an SSE comment or blank."""
+    return all(not line.strip() or line.startswith(b":") for line in block.split(b"\n"))
 
 
 async def _write(ctx: RequestContext, out: web.StreamResponse, data: bytes) -> None:
@@ -197,7 +209,8 @@ async def _relay_stream(ctx: RequestContext, adapter: Adapter, backend: Backend,
             if translator.error is not None:
                 raise translator.error
         if not translator.done and adapter.passthrough(ctx, backend):
-            raise UpstreamError(f"backend {backend.name!r} ended the stream without [DONE]")
+            raise UpstreamError(f"backend {backend.name!r} ended the stream without [DONE]",
+                                retryable=out is None)  # nothing reached the client: fall back
         if out is None:  # an empty but complete stream: still a valid (empty) answer
             ctx.backend, ctx.status = backend.name, 200
             out = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **response_headers(ctx)})
@@ -267,7 +280,9 @@ async def _tracked(ctx: RequestContext, hooks: _Hooks, backend: Backend) -> web.
     verdict: bool | None = None  # None: ended without a verdict (client went away)
     n = len(ctx.attempts)
     try:
-        async with health.slot(backend) if health is not None else contextlib.nullcontext():
+        # no max_inflight: skip the slot's async context manager (a generator per request)
+        async with health.slot(backend) if health is not None and backend.max_inflight is not None \
+                else contextlib.nullcontext():
             if health is not None:
                 health.started(backend.name)
             if gauge is not None:

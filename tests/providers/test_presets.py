@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 
@@ -19,6 +20,7 @@ from iir.compile.build import build_text
 from iir.spec.presets import PRESETS
 
 from .conftest import FakeProvider, Reply
+from .providers_kit import load_bytes
 
 HI: list[Any] = [{"role": "user", "content": "Hi"}]
 KEYS = {"EXTERNAL_OPENROUTER_KEY": "sk-or-v1-test-key", "EXTERNAL_GROK_KEY": "xai-test-key",
@@ -111,6 +113,68 @@ async def test_openrouter_stream_with_keepalive_comments(client: openai.AsyncOpe
             finish = chunk.choices[0].finish_reason or finish
         usage = chunk.usage or usage
     assert text == "Build it tall." and finish == "stop" and usage is not None and usage.total_tokens == 20
+
+
+async def test_openrouter_keepalive_comments_before_the_first_event_are_not_sent(
+        client: openai.AsyncOpenAI, providers: dict[str, FakeProvider]) -> None:
+    """Comments before the first data event are held back (they are not the first byte, so
+    fallback stays possible); comments after it pass through unchanged, like every other byte."""
+    providers["openrouter"].answer("openrouter/stream_text.sse")
+    body = {"model": "openai/gpt-4o", "messages": HI, "stream": True, "stream_options": {"include_usage": True}}
+    async with aiohttp.ClientSession() as s, s.post(f"{client.base_url}chat/completions", json=body) as r:
+        assert r.status == 200
+        received = await r.read()
+    fixture = load_bytes("openrouter/stream_text.sse")
+    first_event = fixture.index(b"\ndata:") + 1
+    assert fixture[:first_event].count(b"\n:") == 1 and b"\n: OPENROUTER PROCESSING\n" in fixture[first_event:]
+    assert received == fixture[first_event:]
+
+
+KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
+# https://openrouter.ai/docs/api-reference/streaming ("Handling Errors During Streaming") and
+# https://openrouter.ai/docs/api-reference/errors: once the HTTP status (200) is sent, a failure
+# arrives as a data event with a top-level `error`
+ERROR_EVENT = (b'data: {"id":"cmpl-abc123","object":"chat.completion.chunk","created":1234567890,'
+               b'"model":"openai/gpt-4o","provider":"openai","error":{"code":"server_error",'
+               b'"message":"Provider disconnected unexpectedly"},'
+               b'"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}\n\ndata: [DONE]\n\n')
+
+
+@pytest.mark.parametrize("parts", [
+    (KEEPALIVE, KEEPALIVE, ERROR_EVENT),  # keep-alives, then the failure as an error event
+    (KEEPALIVE, KEEPALIVE),  # keep-alives, then the stream ends with no event at all
+], ids=["error-event", "ends-silently"])
+async def test_openrouter_keepalives_then_failure_falls_back(client: openai.AsyncOpenAI,
+                                                             providers: dict[str, FakeProvider],
+                                                             parts: tuple[bytes, ...]) -> None:
+    providers["openrouter"].script = [Reply("openrouter/stream_text.sse", parts=parts)]
+    providers["grok"].answer("openai/stream_text.sse")
+    raw = await client.chat.completions.with_raw_response.create(model="fast", messages=HI, stream=True)
+    assert raw.headers["x-iir-backend"] == "grok" and raw.headers["x-iir-attempts"] == "2"
+    text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+    assert text == _openai_fixture_text()
+
+
+async def test_openrouter_keepalives_do_not_stop_the_first_byte_timeout(
+        start_router: Callable[..., Any], providers: dict[str, FakeProvider]) -> None:
+    """A provider stuck behind keep-alive comments is caught by `first_byte` and skipped."""
+    providers["openrouter"].script = [Reply("openrouter/stream_text.sse", parts=(KEEPALIVE,) * 20)]  # ~4 s
+    providers["grok"].answer("openai/stream_text.sse")
+    spec = SPEC.replace("openrouter: {kind: openrouter, models: [openai/gpt-4o], timeouts: {first_byte: 2s}}",
+                        "openrouter: {kind: openrouter, models: [openai/gpt-4o], timeouts: {first_byte: 500ms}}")
+    env = {**KEYS, "OPENROUTER_BASE_URL": providers["openrouter"].url + "/api/v1",
+           "GROK_BASE_URL": providers["grok"].url + "/v1"}
+    url = await start_router(spec, env)
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=15) as c:
+        raw = await c.chat.completions.with_raw_response.create(model="fast", messages=HI, stream=True)
+        assert raw.headers["x-iir-backend"] == "grok" and raw.headers["x-iir-attempts"] == "2"
+        text = "".join([ch.choices[0].delta.content or "" async for ch in raw.parse() if ch.choices])
+    assert text == _openai_fixture_text()
+
+
+def _openai_fixture_text() -> str:
+    events = [line[6:] for line in load_bytes("openai/stream_text.sse").split(b"\n") if line.startswith(b"data: {")]
+    return "".join(c["delta"].get("content") or "" for e in events for c in json.loads(e)["choices"])
 
 
 async def test_openrouter_mid_stream_error_raises_in_the_sdk(client: openai.AsyncOpenAI,

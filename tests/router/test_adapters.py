@@ -53,7 +53,7 @@ def test_openai_build_passes_body_bytes_and_maps_model():
 
 @pytest.mark.parametrize("name", ["plain", 'we"ird\\name', "uni-ß-∂"])
 def test_passthrough_stream_rewrites_only_the_model_field(name):
-    req = Req(model=name, stream=True)
+    req = Req(model=name, stream=True, body={"stream_options": {"include_usage": True}})  # usage chunk kept
     t = OPENAI.stream_translator(req, _backend())
     content = 'say \\"model\\": \\"x\\" please'
     block = (b'data: {"id":"1","model":"up\\"stream","choices":[{"delta":{"content":"' + content.encode() + b'"}}]}\n\n'
