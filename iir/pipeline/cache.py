@@ -87,7 +87,11 @@ def _entry_from(ctx: RequestContext, resp: web.StreamResponse, capture: BodyCapt
     if not raw:
         return None
     if ctx.stream:
-        return assemble_stream(raw, ctx.endpoint)
+        entry = assemble_stream(raw, ctx.endpoint)
+        if entry is not None and not entry.get("usage") and ctx.usage:  # noted, not sent to this client
+            usage = entry["usage"] = dict(ctx.usage)
+            usage.setdefault("total_tokens", usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0))
+        return entry
     try:
         entry = orjson.loads(raw)
     except orjson.JSONDecodeError:

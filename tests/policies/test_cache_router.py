@@ -158,3 +158,23 @@ policies:
         _, h, _ = await post(base, small)
         assert h["x-iir-cache"] == "miss"
     assert upstream.calls == 5
+
+
+async def test_stream_cached_without_client_usage_keeps_the_usage(upstream, start_router):
+    """The first client streams without include_usage (the router still asked upstream for it and
+    kept the usage-only chunk from that client): the cache entry has the usage, so a later client
+    that asks for it, streaming or not, gets it from the hit."""
+    base, _ = await start_router(spec(upstream.url))
+    client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=20)
+    kw = dict(model="m1", messages=MSG, temperature=0, stream=True)
+    raw = await client.chat.completions.with_raw_response.create(**kw)
+    first = [c async for c in raw.parse()]
+    assert raw.headers["x-iir-cache"] == "miss" and all(c.usage is None and c.choices for c in first)
+    assert upstream.bodies[-1]["stream_options"] == {"include_usage": True}
+    raw = await client.chat.completions.with_raw_response.create(**kw, stream_options={"include_usage": True})
+    usages = [c.usage for c in [c async for c in raw.parse()] if c.usage]
+    assert raw.headers["x-iir-cache"] == "hit" and [(u.prompt_tokens, u.completion_tokens, u.total_tokens)
+                                                    for u in usages] == [(7, 4, 11)]
+    whole = await client.chat.completions.create(model="m1", messages=MSG, temperature=0)
+    assert whole.usage is not None and whole.usage.total_tokens == 11 and upstream.calls == 1
+    await client.close()
