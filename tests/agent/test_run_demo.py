@@ -1,6 +1,6 @@
 """`iir run-demo` (what `make run` calls): demo agent + router as processes, a real answer, clean stop.
 
-Marked slow (two Python processes start): run with `pytest -m slow tests/agent/test_run_demo.py`.
+In the default suite (about 15 s: two Python processes start), so `make test` proves `make run` serves.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from iir.agent.demo_model import DEMO_ANSWER
 from tests.conftest import free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 REPO = Path(__file__).resolve().parents[2]
 
 
