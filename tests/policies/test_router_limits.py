@@ -176,18 +176,31 @@ policies:
 
 
 async def test_token_limit_reconciles_streams_with_usage(upstream, start_router, redis_url):
-    """A streamed answer settles with the usage in its final chunk; without usage the estimate stands."""
+    """A streamed answer settles with the real usage, whether its client asked for usage or not
+    (the router asks the OpenAI-compatible upstream itself); only a backend with
+    `stream_usage: false` leaves the estimate standing."""
     base, _ = await start_router(spec(upstream.url, redis_url, limit="tokens"), ENV)
     client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="sk-test-ci", max_retries=0, timeout=20)
     mid = [{"role": "user", "content": "word " * 600}]  # ~600 tokens reserved per request
-    for _ in range(2):  # each settles to the upstream's 11 tokens, so both fit in 1,000/min
-        stream = await client.chat.completions.create(model="m1", messages=mid, stream=True,
-                                                      stream_options={"include_usage": True})
-        assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == "Hello from upstream"
+    for options in ({"include_usage": True}, None, None):  # each settles to the upstream's 11 tokens
+        extra = {"stream_options": options} if options else {}
+        stream = await client.chat.completions.create(model="m1", messages=mid, stream=True, **extra)
+        chunks = [c async for c in stream]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from upstream"
+        assert [c.usage is not None for c in chunks].count(True) == (1 if options else 0)
+    assert upstream.bodies[-1]["stream_options"] == {"include_usage": True}
+    assert upstream.calls == 3
+    await client.close()
+
+    # the same limit on a backend whose server must not get stream_options: the estimate stands
+    off, _ = await start_router(spec(upstream.url, redis_url, limit="tokens").replace(
+        "models: [m1]}", "models: [m1], stream_usage: false}").replace("name: ci,", "name: ci2,"), ENV)
+    client = openai.AsyncOpenAI(base_url=f"{off}/v1", api_key="sk-test-ci", max_retries=0, timeout=20)
     stream = await client.chat.completions.create(model="m1", messages=mid, stream=True)  # no usage reported
     async for _ in stream:
         pass
-    with pytest.raises(openai.RateLimitError):  # ~600 kept + 22 settled: another ~600 does not fit
+    assert "stream_options" not in upstream.bodies[-1]
+    with pytest.raises(openai.RateLimitError):  # ~600 kept: another ~600 does not fit in 1,000/min
         await client.chat.completions.create(model="m1", messages=mid, stream=True)
-    assert upstream.calls == 3
+    assert upstream.calls == 4
     await client.close()
