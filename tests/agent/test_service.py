@@ -117,7 +117,10 @@ async def test_openai_sdk_against_the_agent(agent_url: str) -> None:
     ({"prompt": "hi", "max_tokens": 100_000}, "context window"),
     ({"prompt": "hi", "temperature": "hot"}, "temperature"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+    ({"prompt": "hi", "top_p": 2}, "top_p"),
     (b"{not json", "not valid JSON"),
+    (b"", "JSON object"),
+    (b"\xff\xfe{}", "not valid JSON"),
     (b"[1, 2]", "JSON object"),
 ])
 async def test_bad_input_is_a_clear_400(agent_url: str, body: object, fragment: str) -> None:
@@ -125,6 +128,8 @@ async def test_bad_input_is_a_clear_400(agent_url: str, body: object, fragment: 
     assert status == 400
     assert err["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     assert fragment in err["error"]["message"]  # type: ignore[index]
+    status, ok, _ = await _post(f"{agent_url}/infer", {"prompt": "Hi!", "temperature": 0})  # still serving
+    assert status == 200 and ok["text"] == DEMO_ANSWER
 
 
 async def test_huge_prompt_and_long_context_are_400_and_the_agent_keeps_serving(agent_url: str) -> None:
