@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from iir.agent.demo_model import DEMO_ANSWER
 from iir.cmd.agent import agents
 from iir.compile.registry import Registry
+from iir.server.agents_api import AGENTS
 from tests.agent.conftest import AGENT_TOKEN, LocalAgent, LocalRouter, eventually
 
 pytestmark = pytest.mark.timeout(600)  # the first test may build the tiny model (cached afterwards)
@@ -217,3 +218,24 @@ async def test_agent_registered_through_one_replica_is_routable_through_another(
         return a.live_agents() == [] and b.live_agents() == []
 
     await eventually(stale_on_both, timeout=15)
+
+
+@pytest.mark.parametrize("same_registry", [True, False])
+async def test_router_restart_agent_comes_back(start_agent: StartAgent, routers: list[LocalRouter],
+                                               tmp_path: Path, same_registry: bool) -> None:
+    """Same registry file: the router restores the agent and its heartbeats make it live again.
+    Fresh registry: the heartbeat gets 404 and the agent registers again."""
+    first = await LocalRouter(tmp_path, timeout="30s", name="r1").start()
+    agent = await start_agent(router_url=first.url, token=AGENT_TOKEN, heartbeat_interval=0.3)
+    await eventually(lambda: _registered(agent))
+    await first.stop()
+    second = LocalRouter(tmp_path, timeout="30s", port=first.port, name="r1" if same_registry else "r2")
+    routers.append(await second.start())
+    if same_registry:  # restored from the registry before any heartbeat arrived
+        assert [e.id for e in second.app[AGENTS].snapshot().entries] == [f"127.0.0.1:{agent.port}"]  # type: ignore[index]
+
+    async def live() -> bool:
+        return second.live_agents() == [f"agents/127.0.0.1:{agent.port}"]
+
+    await eventually(live)
+    assert await _ask(second) == DEMO_ANSWER
