@@ -3,10 +3,12 @@ agent playbook run FOR REAL against localhost into a temporary prefix: it create
 writes the systemd unit and the agent config from the templates, starts the agent (as a
 background process: no init system here) on the tiny model, the agent registers with a real
 router started by the test, a request through the router is answered by it, and a second run
-(and a --check run) reports no change. A --check run before the first one changes nothing."""
+(and a --check run) reports no change. A --check run before the first one changes nothing.
+The router playbook runs for real the same way (see its test)."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import plistlib
@@ -144,14 +146,14 @@ def _playbook(inventory: Path, prefix: Path, model_dir: Path, *extra: str) -> su
                cwd=ANSIBLE, env=_ansible_env(IIR_AGENT_TOKEN=TOKEN), timeout=600)
 
 
-def _recap(out: str) -> dict[str, int]:
-    m = re.search(r"^laptop\s*:\s*(.*)$", out, re.M)
+def _recap(out: str, host: str = "laptop") -> dict[str, int]:
+    m = re.search(rf"^{re.escape(host)}\s*:\s*(.*)$", out, re.M)
     assert m, out
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
 
 
-def _stop_agent(prefix: Path) -> None:
-    pidfile = prefix / "run" / "iir-agent-laptop.pid"
+def _stop_agent(prefix: Path, name: str = "iir-agent-laptop") -> None:
+    pidfile = prefix / "run" / f"{name}.pid"
     if pidfile.exists() and pidfile.read_text().strip():
         pid = int(pidfile.read_text())
         try:
@@ -221,3 +223,89 @@ def test_agent_playbook_runs_for_real_and_is_idempotent(router: tuple[str, Path]
         assert _recap(checked.stdout)["changed"] == 0, checked.stdout
     finally:
         _stop_agent(prefix)
+
+
+# ---- the router playbook, for real ------------------------------------------------------
+
+
+def _router_playbook(inventory: Path, prefix: Path, spec: Path, key: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    user = getpass.getuser()
+    extra_vars = {
+        "iir_router_prefix": str(prefix),
+        "iir_router_python": getattr(sys, "_base_executable", sys.executable),
+        "iir_router_extra_site_packages": [sysconfig.get_paths()["purelib"]],  # iir from the project venv
+        "iir_router_pip_spec": "iir",
+        "iir_router_spec_src": str(spec),
+        "iir_router_systemd_dir": str(prefix / "systemd"),
+        "iir_router_service_activate": False,
+        "iir_router_run_as_process": True,
+        "iir_router_create_user": False,
+        "iir_router_user": user,
+        "iir_router_owner": user,
+        "ansible_python_interpreter": sys.executable,
+    }
+    return run([tool("ansible-playbook"), "-i", str(inventory), "playbooks/router.yml",
+                "-e", json.dumps(extra_vars), *extra],
+               cwd=ANSIBLE, env=_ansible_env(EXTERNAL_OPENAI_KEY=key), timeout=600)
+
+
+def _models(url: str) -> list[str]:
+    with urllib.request.urlopen(f"{url}/v1/models", timeout=10) as r:
+        return sorted(m["id"] for m in json.loads(r.read())["data"])
+
+
+@pytest.mark.timeout(900)
+def test_router_playbook_runs_for_real_and_is_idempotent(tmp_path: Path) -> None:
+    """The router role into a temp prefix: venv, spec (validated), 0640 env file with the key the
+    spec reads, systemd unit, `iir serve` running; a second run and --check change nothing; a spec
+    edit is copied and reloaded (SIGHUP, same process) and the router serves the new spec."""
+    port = free_port()
+    key = "sk-deploy-test-openai-key"
+    spec = tmp_path / "iir.yaml"
+    text = ("version: 1\n"
+            f"server: {{listen: '127.0.0.1:{port}'}}\n"
+            "backends:\n"
+            "  openai: {kind: openai, api_key: '${EXTERNAL_OPENAI_KEY}', models: [gpt-4o-mini]}\n"
+            "routes:\n"
+            "  - {name: all, match: {model: '*'}, to: by-model}\n")
+    spec.write_text(text)
+    inventory = tmp_path / "inventory.yml"
+    run([sys.executable, "-m", "iir", "export", "inventory", "--spec", str(spec), "-o", str(inventory)],
+        env={**os.environ, "EXTERNAL_OPENAI_KEY": key})
+    assert key not in inventory.read_text() and "EXTERNAL_OPENAI_KEY" in inventory.read_text()
+    prefix = tmp_path / "prefix"
+    url = f"http://127.0.0.1:{port}"
+    try:
+        dry = _router_playbook(inventory, prefix, spec, key, "--check")
+        assert _recap(dry.stdout, "iir-router")["failed"] == 0, dry.stdout
+        assert not prefix.exists()
+
+        first = _router_playbook(inventory, prefix, spec, key)
+        assert _recap(first.stdout, "iir-router")["changed"] > 0
+        unit = (prefix / "systemd" / "iir-router.service").read_text()
+        assert f"ExecStart={prefix}/venv/bin/python -m iir serve --spec {prefix}/etc/iir.yaml --host 127.0.0.1 --port {port}" in unit
+        assert key not in unit
+        env_file = prefix / "etc" / "iir-router.env"
+        assert f"EXTERNAL_OPENAI_KEY={key}" in env_file.read_text().splitlines()
+        assert env_file.stat().st_mode & 0o777 == 0o640
+        assert (prefix / "etc" / "iir.yaml").read_text() == text
+        _wait_http(f"{url}/healthz", 30)
+        assert _models(url) == ["gpt-4o-mini"]
+        pid = (prefix / "run" / "iir-router.pid").read_text().strip()
+
+        second = _router_playbook(inventory, prefix, spec, key)
+        assert _recap(second.stdout, "iir-router")["changed"] == 0, second.stdout
+        checked = _router_playbook(inventory, prefix, spec, key, "--check")
+        assert _recap(checked.stdout, "iir-router")["changed"] == 0, checked.stdout
+
+        spec.write_text(text.replace("models: [gpt-4o-mini]", "models: [gpt-4o-mini, gpt-4o]"))
+        third = _router_playbook(inventory, prefix, spec, key)
+        assert _recap(third.stdout, "iir-router")["changed"] >= 1, third.stdout
+        assert "Reload the router spec (background process)" in third.stdout
+        deadline = time.monotonic() + 30
+        while _models(url) != ["gpt-4o", "gpt-4o-mini"] and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert _models(url) == ["gpt-4o", "gpt-4o-mini"]
+        assert (prefix / "run" / "iir-router.pid").read_text().strip() == pid, "a reload, not a restart"
+    finally:
+        _stop_agent(prefix, "iir-router")
