@@ -129,6 +129,7 @@ routes:
   - name: local
     match: {{model: tiny-demo}}
     to: agents
+    strategy: {strategy}
 """
 
 
@@ -136,7 +137,7 @@ class LocalRouter:
     """The real router app (default pipeline) in this process, on a loopback port."""
 
     def __init__(self, tmp_path: Path, *, timeout: str = "2s", store: str = "memory", redis_url: str = "",
-                 port: int = 0, name: str = "router") -> None:
+                 port: int = 0, name: str = "router", strategy: str = "priority") -> None:
         from tests.conftest import free_port
 
         self.port = port or free_port()
@@ -144,7 +145,7 @@ class LocalRouter:
         self.spec = tmp_path / f"{name}.yaml"
         self.spec.write_text(ROUTER_SPEC.format(port=self.port, store=store, redis_url=redis_url,
                                                 registry=tmp_path / f"{name}.db", token=AGENT_TOKEN,
-                                                timeout=timeout))
+                                                timeout=timeout, strategy=strategy))
         self._runner: web.AppRunner | None = None
         self.app: web.Application | None = None
 

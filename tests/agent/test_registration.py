@@ -239,3 +239,35 @@ async def test_router_restart_agent_comes_back(start_agent: StartAgent, routers:
 
     await eventually(live)
     assert await _ask(second) == DEMO_ANSWER
+
+
+async def test_least_loaded_follows_the_queue_lengths_agents_report_in_heartbeats(
+        start_agent: StartAgent, routers: list[LocalRouter], tmp_path: Path) -> None:
+    """Heartbeats carry each agent's queue length; a `least-loaded` route sends the next request
+    to the agent reporting the shorter queue, and follows when the reports change."""
+    router = await LocalRouter(tmp_path, timeout="60s", strategy="least-loaded").start()
+    routers.append(router)
+    # heartbeats from the agents' own loops would report 0: far apart, the test sends its own
+    a = await start_agent(router_url=router.url, token=AGENT_TOKEN, heartbeat_interval=3600)
+    b = await start_agent(router_url=router.url, token=AGENT_TOKEN, heartbeat_interval=3600)
+    await eventually(lambda: _registered(a))
+    await eventually(lambda: _registered(b))
+    ids = {agent: f"127.0.0.1:{agent.port}" for agent in (a, b)}
+
+    async def report(queues: dict[LocalAgent, int]) -> None:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {AGENT_TOKEN}"}) as s:
+            for agent, queue in queues.items():
+                async with s.post(f"{router.url}/heartbeat", json={"id": ids[agent], "queue_length": queue}) as r:
+                    assert r.status == 200, await r.text()
+
+    async def served_by() -> str:
+        async with aiohttp.ClientSession() as s, s.post(f"{router.url}/v1/chat/completions", json={
+                "model": "tiny-demo", "messages": [{"role": "user", "content": "Hi!"}], "temperature": 0}) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["choices"][0]["message"]["content"] == DEMO_ANSWER
+            return r.headers["x-iir-backend"]
+
+    await report({a: 7, b: 0})
+    assert [await served_by() for _ in range(3)] == [f"agents/{ids[b]}"] * 3
+    await report({a: 0, b: 7})
+    assert [await served_by() for _ in range(3)] == [f"agents/{ids[a]}"] * 3
