@@ -214,16 +214,36 @@ def _client_key(built: Built, name: str | None) -> ClientKey | None:
     raise click.BadParameter(f"unknown client key {name!r}{hint}", param_hint="--key")
 
 
+_KEY_REASON = "allowed-by-key: "  # as iir.pipeline.select.KEY_FILTER
+_CONTEXT_REASON = "prompt ("  # iir.plugins.matching's context-window verdict
+
+
 def _key_filter(cands: tuple[CandidateVerdict, ...], model: str, key: ClientKey | None) -> tuple[CandidateVerdict, ...]:
-    """Drop, as the select stage does, the kept candidates whose served model the key may not use."""
+    """Drop, as the select stage does, the candidates whose served model the key may not use.
+    The router checks the key after configuration and capabilities, before the context window:
+    a candidate dropped only for its context window gets the key's reason when both apply."""
     if key is None or key.models_re is None:
         return cands
     request = SelectionRequest(model, key_models=key.allows)
     out = []
     for c in cands:
-        why = filter_allowed_by_key(c.backend, request, _NO_HEALTH) if c.kept and c.backend is not None else ""
-        out.append(dataclasses.replace(c, kept=False, reason=f"allowed-by-key: {why}") if why else c)
+        judged = c.backend is not None and (c.kept or c.reason.startswith(_CONTEXT_REASON))
+        why = filter_allowed_by_key(c.backend, request, _NO_HEALTH) if judged and c.backend is not None else ""
+        out.append(dataclasses.replace(c, kept=False, reason=_KEY_REASON + why) if why else c)
     return tuple(out)
+
+
+def _status(refused: str | None, route: Route | None, cands: tuple[CandidateVerdict, ...]) -> int:
+    """The HTTP status the router would answer (before any upstream is tried)."""
+    if refused:
+        return 403
+    if route is None or (route.by_model and all(c.backend is None for c in cands)):
+        return 404
+    if any(c.kept for c in cands):
+        return 200
+    if cands and all(c.reason.startswith(_KEY_REASON) for c in cands):
+        return 403  # the select stage: this key may use none of the route's backends
+    return 503
 
 
 _NO_HEALTH = NoHealth()
@@ -257,9 +277,11 @@ def explain(model: str | None, prompt: str | None, request: str | None, headers:
                if key is not None and not key.allows(features.model) and features.model in table.model_index else None)
     route, trace = (None, []) if refused else match_route(table, features, semantic=_semantic_matcher(table), trace=True)
     cands = _key_filter(candidates(table, route, features), features.model, key) if route else ()
+    status = _status(refused, route, cands)
     if fmt == "json":
         out = {"model": features.model, "prompt_tokens": features.prompt_tokens, "tools": features.has_tools,
-               "images": features.has_images, "key": key_name, "refused": refused, "route": route.name if route else None,
+               "images": features.has_images, "key": key_name, "refused": refused, "status": status,
+               "route": route.name if route else None,
                "routes": [dataclasses.asdict(v) for v in trace],
                "candidates": [{"backend": c.name, "kept": c.kept, "reason": c.reason} for c in cands]}
         click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
@@ -281,7 +303,12 @@ def explain(model: str | None, prompt: str | None, request: str | None, headers:
                     click.echo(f"  {i}. {c.name}: registered agents, resolved at request time (not known offline)")
                     continue
                 click.echo(f"  {i}. {c.name}: {'kept' if c.kept else 'dropped'} ({c.reason})")
-            if not any(c.kept for c in cands):
+            if status == 404:
+                click.echo(f"no backend declares model {features.model!r}: the router answers 404 model_not_found")
+            elif status == 403:
+                click.echo(f"no candidate left: client key {key_name!r} may use none of these backends' models: "
+                           "the router answers 403 model_not_allowed")
+            elif not any(c.kept for c in cands):
                 agents = any(c.name == AGENTS_TARGET and c.backend is None for c in cands)
                 click.echo("no candidate left" + (" unless a registered agent is live" if agents else "")
                            + ": the router answers 503 no_backend_available")
