@@ -133,7 +133,7 @@ class Timeouts(_Model):
     """Time limits for one upstream attempt."""
 
     connect: Duration = Field(5.0, description="Time to open the TCP/TLS connection.")
-    first_byte: Duration = Field(60.0, description="Time from sending the request to the first response byte.")
+    first_byte: Duration = Field(60.0, description="Time from sending the request to the first response byte; for a stream, to its first line that is not an SSE keep-alive comment. Until then a failure falls back to the next candidate.")
     idle: Duration = Field(60.0, description="Longest silence between two chunks of a streamed response.")
     total: Duration = Field(600.0, description="Whole attempt, first byte to last.")
 
