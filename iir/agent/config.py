@@ -7,12 +7,15 @@ registration token), ``IIR_HEARTBEAT_INTERVAL`` (seconds between heartbeats, def
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from iir.spec.diagnose import did_you_mean
 
 __all__ = ["DEFAULT_MODEL", "AgentConfig", "VllmSettings", "load_agent_config"]
 
@@ -59,6 +62,20 @@ class AgentConfig(_Model):
     capabilities: list[Literal["tools", "images", "json"]] = Field(["json"], description="What the agent supports.")
     vllm: VllmSettings = Field(default_factory=VllmSettings, description="Settings of the `vllm` engine.")
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @field_validator("router_url", "advertise_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+)(:\d+)?(/\S*)?$", value):
+            raise ValueError(f"must be an http:// or https:// URL such as http://router:8000, got {value!r}")
+        return value
+
     def model_source(self) -> str:
         """The folder or hub id the served model is loaded from."""
         return self.models.get(self.model, self.model)
@@ -85,9 +102,16 @@ def load_agent_config(path: str | Path | None, env: Mapping[str, str],
         from ruamel.yaml import YAML, YAMLError
 
         try:
-            loaded = YAML(typ="safe").load(Path(path).read_text())
-        except (OSError, YAMLError) as e:
-            raise ValueError(f"cannot read agent config {path}: {e}") from None
+            loaded = YAML(typ="safe").load(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ValueError(f"cannot read agent config {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: the agent config is not UTF-8 text") from None
+        except YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"{where} YAML syntax error: {problem}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: the agent config must be a mapping")
         data.update(loaded or {})
@@ -104,5 +128,13 @@ def load_agent_config(path: str | Path | None, env: Mapping[str, str],
         return AgentConfig.model_validate(data)
     except ValidationError as e:
         where = f"{path}: " if path else ""
-        lines = [f"{where}{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        lines = [f"{where}{'.'.join(map(str, err['loc']))}: {_message(err)}" for err in e.errors()]
         raise ValueError("invalid agent configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        fields = VllmSettings.model_fields if err["loc"][:1] == ("vllm",) else AgentConfig.model_fields
+        name = str(err["loc"][-1])
+        return f"unknown setting{did_you_mean(name, fields) or '; allowed: ' + ', '.join(fields)}"
+    return str(err["msg"]).removeprefix("Value error, ")

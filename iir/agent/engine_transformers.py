@@ -35,10 +35,20 @@ DEFAULT_MAX_TOKENS = 256
 
 
 def pick_device(requested: str = "auto") -> str:
-    """``auto``: MPS on macOS when available, then CUDA, then CPU. Anything else is used as given."""
+    """``auto``: MPS on macOS when available, then CUDA, then CPU. ``cpu``, ``cuda``, ``cuda:N``
+    and ``mps`` are used as given when this machine has them (``ValueError`` otherwise)."""
     import torch
 
     if requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} requested but CUDA is not available on this machine "
+                             "(use --device auto or cpu)")
+        if requested.startswith("cuda:") and int(requested[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"device {requested!r} requested but this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+        mps = getattr(torch.backends, "mps", None)
+        if requested == "mps" and (mps is None or not mps.is_available()):
+            raise ValueError("device 'mps' requested but MPS is not available on this machine (use --device auto or cpu)")
         return requested
     mps = getattr(torch.backends, "mps", None)
     if platform.system() == "Darwin" and mps is not None and mps.is_available():
@@ -111,7 +121,10 @@ class TransformersEngine:
                 f"model weights for {self.model!r} not found: {path} has no config.json "
                 "(point the agent config's `models` entry or --model at a folder saved with save_pretrained)")
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        self.device = pick_device(self.requested_device)
+        try:
+            self.device = pick_device(self.requested_device)
+        except ValueError as e:
+            raise EngineStartError(str(e)) from None
         dtype = _pick_dtype(self.dtype_name, self.device)
         t0 = time.perf_counter()
         try:
@@ -120,7 +133,10 @@ class TransformersEngine:
         except OSError as e:
             where = str(path) if local else f"hub id {self.source!r}" + (" (HF_HUB_OFFLINE is set)" if offline else "")
             raise EngineStartError(f"cannot load model {self.model!r} from {where}: {e}") from None
-        self._model = model.to(self.device).eval()  # type: ignore[arg-type]
+        try:
+            self._model = model.to(self.device).eval()  # type: ignore[arg-type]
+        except (RuntimeError, ValueError) as e:  # e.g. out of device memory
+            raise EngineStartError(f"cannot place model {self.model!r} on device {self.device!r}: {e}") from None
         window = getattr(model.config, "max_position_embeddings", None) or self._tokenizer.model_max_length
         self.context_window = min(self._configured_window or window, window)
         log.info("model loaded", extra={"model": self.model, "source": self.source, "device": self.device,

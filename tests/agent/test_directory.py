@@ -139,3 +139,41 @@ def test_agent_config_precedence(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_queue") as err:
         load_agent_config(bad, {})
     assert "engine" in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "env", "message"), [
+    ("modls: {}\n", {}, "agent.yaml: modls: unknown setting (did you mean 'models'?)"),
+    ("vllm: {ur: http://x}\n", {}, "agent.yaml: vllm.ur: unknown setting (did you mean 'url'?)"),
+    ("models: [\n", {}, "agent.yaml:2:1 YAML syntax error: expected the node content, but found '<stream end>'"),
+    ("device: tpu\n", {}, "device: unknown device 'tpu': use auto, cpu, cuda, cuda:N or mps"),
+    ("port: 5000\n", {"ROUTER_URL": "router:8000"}, "router_url: must be an http:// or https:// URL"),
+    ("advertise_url: 10.0.0.5:5000\n", {}, "advertise_url: must be an http:// or https:// URL"),
+    (b"\xff\xfe\x00", {}, "agent.yaml: the agent config is not UTF-8 text"),
+])
+def test_agent_config_errors_are_one_clear_line_each(tmp_path: Path, text: str | bytes, env: dict[str, str],
+                                                     message: str) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError) as err:
+        load_agent_config(cfg, env)
+    assert message in str(err.value).replace(str(tmp_path) + "/", "")
+    for url in ("http://[::1]:8000", "https://router.example/iir", "http://10.0.0.1:8000/"):
+        assert load_agent_config(None, {"ROUTER_URL": url}).router_url == url
+
+
+def test_explicit_device_must_exist_on_this_machine() -> None:
+    import torch
+
+    from iir.agent.engine_transformers import pick_device
+
+    assert pick_device("cpu") == "cpu" and pick_device("auto") in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            pick_device("cuda:0")
+    else:
+        with pytest.raises(ValueError, match="CUDA device"):
+            pick_device(f"cuda:{torch.cuda.device_count()}")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_available():
+        with pytest.raises(ValueError, match="MPS is not available"):
+            pick_device("mps")
