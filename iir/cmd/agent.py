@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -92,6 +93,8 @@ async def _read_agents(table: RoutingTable) -> tuple[list[AgentEntry], float]:
             await client.aclose()
     from iir.compile.registry import Registry
 
+    if not Path(table.state.registry).exists():  # no router has run here: nothing to list, nothing to create
+        return [], time.time()
     with Registry(table.state.registry) as reg:
         records = reg.list_agents()
     return [AgentEntry(id=r.id, url=r.url, models=r.models, name=str(r.load.get("name", r.id)),

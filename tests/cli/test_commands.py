@@ -183,3 +183,9 @@ def test_db_migrate_seed_snapshots(workdir: Path) -> None:
     assert seeded.stdout.count(": snapshot ") == len(EXAMPLES)
     snaps = run("db", "snapshots", "--db", "r.db").stdout.splitlines()
     assert len(snaps) == len(EXAMPLES) and snaps[0].startswith("*")
+
+
+def test_agents_list_without_a_registry_creates_none(workdir: Path) -> None:
+    result = run("agents", "list")
+    assert result.exit_code == 0 and result.stdout == "no agents registered\n"
+    assert not (workdir / "iir.db").exists()
