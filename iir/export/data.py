@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from iir.spec.presets import PRESETS
 from iir.compile.build import Built
 from iir.errors import ConfigError
+from iir.spec.presets import PRESETS
 from iir.table import Backend
 
 __all__ = [
