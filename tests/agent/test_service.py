@@ -70,6 +70,22 @@ async def test_infer_sampling_with_seed_is_reproducible(agent_url: str) -> None:
     assert first[1]["text"] == second[1]["text"]
 
 
+async def test_omitted_temperature_follows_the_models_generation_config(agent_url: str) -> None:
+    # The demo model's generation_config is greedy: a client that sends no temperature (the OpenAI SDK's
+    # default) gets the greedy answer whatever the seed, even on a raw prompt where sampling would wander.
+    greedy = await _post(f"{agent_url}/infer", {"prompt": "The quick brown", "raw": True, "temperature": 0,
+                                                "max_tokens": 16})
+    assert greedy[0] == 200
+    for seed in range(5):
+        got = await _post(f"{agent_url}/infer", {"prompt": "The quick brown", "raw": True, "seed": seed,
+                                                 "max_tokens": 16})
+        assert got[0] == 200 and got[1]["text"] == greedy[1]["text"], seed
+    sampled = {(await _post(f"{agent_url}/infer", {"prompt": "The quick brown", "raw": True, "seed": seed,
+                                                   "temperature": 1.5, "max_tokens": 16}))[1]["text"]
+               for seed in range(5)}
+    assert sampled != {greedy[1]["text"]}  # an explicit temperature still samples
+
+
 async def test_infer_stream_yields_several_events_then_done(agent_url: str) -> None:
     events = await _sse(f"{agent_url}/infer", {"prompt": "Hi!", "temperature": 0, "stream": True})
     assert events[-1] == "[DONE]"
@@ -146,7 +162,7 @@ async def test_huge_prompt_and_long_context_are_400_and_the_agent_keeps_serving(
 
 async def test_full_queue_answers_503_with_retry_after(start_agent: Callable[..., Awaitable[LocalAgent]]) -> None:
     agent = await start_agent(max_queue=2)
-    long = {"prompt": "Hi!", "temperature": 0, "min_tokens": 400, "max_tokens": 400}
+    long = {"prompt": "Hi!", "temperature": 0, "min_tokens": 150, "max_tokens": 150}  # long enough to overlap
 
     async def admitted() -> bool:
         async with aiohttp.ClientSession() as s, s.get(f"{agent.url}/health") as r:
@@ -162,7 +178,7 @@ async def test_full_queue_answers_503_with_retry_after(start_agent: Callable[...
     assert err["error"]["code"] == "agent_busy"  # type: ignore[index]
     for task in (first, second):
         status, body, _ = await task
-        assert status == 200 and body["usage"]["completion_tokens"] == 400  # type: ignore[index]
+        assert status == 200 and body["usage"]["completion_tokens"] == 150  # type: ignore[index]
 
 
 async def test_health_reports_model_device_queue_and_throughput(agent_url: str) -> None:
