@@ -228,7 +228,9 @@ def test_agent_playbook_runs_for_real_and_is_idempotent(router: tuple[str, Path]
 # ---- the router playbook, for real ------------------------------------------------------
 
 
-def _router_playbook(inventory: Path, prefix: Path, spec: Path, key: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _router_playbook(inventory: Path, prefix: Path, spec: Path, vault: Path, *extra: str,
+                     check: bool = True) -> subprocess.CompletedProcess[str]:
+    """router.yml with the provider key from an Ansible Vault file (not from the environment)."""
     user = getpass.getuser()
     extra_vars = {
         "iir_router_prefix": str(prefix),
@@ -244,9 +246,12 @@ def _router_playbook(inventory: Path, prefix: Path, spec: Path, key: str, *extra
         "iir_router_owner": user,
         "ansible_python_interpreter": sys.executable,
     }
+    env = _ansible_env()
+    env.pop("EXTERNAL_OPENAI_KEY", None)
     return run([tool("ansible-playbook"), "-i", str(inventory), "playbooks/router.yml",
-                "-e", json.dumps(extra_vars), *extra],
-               cwd=ANSIBLE, env=_ansible_env(EXTERNAL_OPENAI_KEY=key), timeout=600)
+                "-e", json.dumps(extra_vars), "-e", f"@{vault}",
+                "--vault-password-file", str(vault.with_suffix(".pw")), *extra],
+               cwd=ANSIBLE, env=env, timeout=600, check=check)
 
 
 def _models(url: str) -> list[str]:
@@ -257,7 +262,7 @@ def _models(url: str) -> list[str]:
 @pytest.mark.timeout(900)
 def test_router_playbook_runs_for_real_and_is_idempotent(tmp_path: Path) -> None:
     """The router role into a temp prefix: venv, spec (validated), 0640 env file with the key the
-    spec reads, systemd unit, `iir serve` running; a second run and --check change nothing; a spec
+    spec reads (from an Ansible Vault file), systemd unit, `iir serve` running; a second run and --check change nothing; a spec
     edit is copied and reloaded (SIGHUP, same process) and the router serves the new spec."""
     port = free_port()
     key = "sk-deploy-test-openai-key"
@@ -273,14 +278,20 @@ def test_router_playbook_runs_for_real_and_is_idempotent(tmp_path: Path) -> None
     run([sys.executable, "-m", "iir", "export", "inventory", "--spec", str(spec), "-o", str(inventory)],
         env={**os.environ, "EXTERNAL_OPENAI_KEY": key})
     assert key not in inventory.read_text() and "EXTERNAL_OPENAI_KEY" in inventory.read_text()
+    vault = tmp_path / "secrets.yml"
+    vault.write_text(f"iir_router_secrets:\n  EXTERNAL_OPENAI_KEY: {key}\n")
+    vault.with_suffix(".pw").write_text("deploy-test-vault-password\n")
+    run([tool("ansible-vault"), "encrypt", "--vault-password-file", str(vault.with_suffix(".pw")), str(vault)],
+        cwd=ANSIBLE, env=_ansible_env())
+    assert vault.read_text().startswith("$ANSIBLE_VAULT") and key not in vault.read_text()
     prefix = tmp_path / "prefix"
     url = f"http://127.0.0.1:{port}"
     try:
-        dry = _router_playbook(inventory, prefix, spec, key, "--check")
+        dry = _router_playbook(inventory, prefix, spec, vault, "--check")
         assert _recap(dry.stdout, "iir-router")["failed"] == 0, dry.stdout
         assert not prefix.exists()
 
-        first = _router_playbook(inventory, prefix, spec, key)
+        first = _router_playbook(inventory, prefix, spec, vault)
         assert _recap(first.stdout, "iir-router")["changed"] > 0
         unit = (prefix / "systemd" / "iir-router.service").read_text()
         assert f"ExecStart={prefix}/venv/bin/python -m iir serve --spec {prefix}/etc/iir.yaml --host 127.0.0.1 --port {port}" in unit
@@ -293,13 +304,13 @@ def test_router_playbook_runs_for_real_and_is_idempotent(tmp_path: Path) -> None
         assert _models(url) == ["gpt-4o-mini"]
         pid = (prefix / "run" / "iir-router.pid").read_text().strip()
 
-        second = _router_playbook(inventory, prefix, spec, key)
+        second = _router_playbook(inventory, prefix, spec, vault)
         assert _recap(second.stdout, "iir-router")["changed"] == 0, second.stdout
-        checked = _router_playbook(inventory, prefix, spec, key, "--check")
+        checked = _router_playbook(inventory, prefix, spec, vault, "--check")
         assert _recap(checked.stdout, "iir-router")["changed"] == 0, checked.stdout
 
         spec.write_text(text.replace("models: [gpt-4o-mini]", "models: [gpt-4o-mini, gpt-4o]"))
-        third = _router_playbook(inventory, prefix, spec, key)
+        third = _router_playbook(inventory, prefix, spec, vault)
         assert _recap(third.stdout, "iir-router")["changed"] >= 1, third.stdout
         assert "Reload the router spec (background process)" in third.stdout
         deadline = time.monotonic() + 30
@@ -307,5 +318,14 @@ def test_router_playbook_runs_for_real_and_is_idempotent(tmp_path: Path) -> None
             time.sleep(0.3)
         assert _models(url) == ["gpt-4o", "gpt-4o-mini"]
         assert (prefix / "run" / "iir-router.pid").read_text().strip() == pid, "a reload, not a restart"
+
+        # A broken spec is refused on the host (`iir validate`); the installed one keeps serving.
+        installed = (prefix / "etc" / "iir.yaml").read_text()
+        spec.write_text(installed.replace("to: by-model", "to: [no-such-backend]"))
+        refused = _router_playbook(inventory, prefix, spec, vault, check=False)
+        assert refused.returncode != 0 and "failed to validate" in refused.stdout, refused.stdout
+        assert "no-such-backend" in refused.stdout
+        assert (prefix / "etc" / "iir.yaml").read_text() == installed
+        assert _models(url) == ["gpt-4o", "gpt-4o-mini"]
     finally:
         _stop_agent(prefix, "iir-router")
