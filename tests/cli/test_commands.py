@@ -38,14 +38,30 @@ def run(*args: str) -> Result:
 
 
 def test_help_lists_every_command_and_each_has_help() -> None:
-    out = run("--help").stdout
-    for name in ("validate", "compile", "schema", "explain", "models", "db"):
-        assert f"  {name} " in out
-    for args in (["validate"], ["compile"], ["schema"], ["explain"], ["models"], ["models", "add"],
-                 ["models", "list"], ["models", "update"], ["models", "remove"], ["db"], ["db", "migrate"],
-                 ["db", "seed"], ["db", "snapshots"]):
-        result = run(*args, "--help")
-        assert result.exit_code == 0 and "Usage:" in result.stdout
+    """Walk the whole command tree: every command is listed in its group's --help with a short
+    description, answers --help itself, and the README's command table names every top-level one."""
+    import click
+
+    seen = []
+
+    def walk(group: click.Group, path: list[str]) -> None:
+        listing = run(*path, "--help").stdout
+        for name, command in group.commands.items():
+            assert f"  {name} " in listing, (path, name)
+            assert (command.short_help or command.help or "").strip(), f"{[*path, name]} has no description"
+            result = run(*path, name, "--help")
+            assert result.exit_code == 0 and "Usage:" in result.stdout, (path, name)
+            seen.append(" ".join([*path, name]))
+            if isinstance(command, click.Group):
+                walk(command, [*path, name])
+
+    walk(cli, [])
+    for expected in ("validate", "compile", "schema", "explain", "models add", "models list", "models update",
+                     "models remove", "db migrate", "db seed", "agent", "agents list", "serve", "run-demo"):
+        assert expected in seen
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in cli.commands:
+        assert f"`iir {name}" in readme, f"README does not mention `iir {name}`"
 
 
 def test_validate_shipped_specs() -> None:
