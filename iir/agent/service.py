@@ -88,9 +88,13 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        err = IIRError(e.reason or "error", code="not_found" if e.status == 404 else None)
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        err = IIRError(e.reason or "error", code=codes.get(e.status, "invalid_request"))
         err.status, err.type = e.status, "invalid_request_error"
-        return _error_response(err)
+        response = _error_response(err)
+        if isinstance(e, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ", ".join(sorted(e.allowed_methods))
+        return response
     except Exception:  # the HTTP boundary: log the traceback, never send it
         log.exception("unhandled error serving %s %s", request.method, request.path)
         return _error_response(IIRError("internal error in the agent; see its log"))

@@ -73,14 +73,14 @@ async def test_infer_sampling_with_seed_is_reproducible(agent_url: str) -> None:
 async def test_omitted_temperature_follows_the_models_generation_config(agent_url: str) -> None:
     # The demo model's generation_config is greedy: a client that sends no temperature (the OpenAI SDK's
     # default) gets the greedy answer whatever the seed, even on a raw prompt where sampling would wander.
-    greedy = await _post(f"{agent_url}/infer", {"prompt": "The quick brown", "raw": True, "temperature": 0,
+    greedy = await _post(f"{agent_url}/infer", {"prompt": "zq", "raw": True, "temperature": 0,
                                                 "max_tokens": 16})
     assert greedy[0] == 200
-    for seed in range(5):
-        got = await _post(f"{agent_url}/infer", {"prompt": "The quick brown", "raw": True, "seed": seed,
+    for seed in range(12):
+        got = await _post(f"{agent_url}/infer", {"prompt": "zq", "raw": True, "seed": seed,
                                                  "max_tokens": 16})
         assert got[0] == 200 and got[1]["text"] == greedy[1]["text"], seed
-    sampled = {(await _post(f"{agent_url}/infer", {"prompt": "The quick brown", "raw": True, "seed": seed,
+    sampled = {(await _post(f"{agent_url}/infer", {"prompt": "zq", "raw": True, "seed": seed,
                                                    "temperature": 1.5, "max_tokens": 16}))[1]["text"]
                for seed in range(5)}
     assert sampled != {greedy[1]["text"]}  # an explicit temperature still samples
@@ -227,3 +227,12 @@ async def test_client_disconnect_stops_generation(agent_url: str, path: str, cap
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
     status, body, _ = await _post(f"{agent_url}/infer", {"prompt": "Hi!", "temperature": 0})
     assert status == 200 and body["text"] == DEMO_ANSWER
+
+
+async def test_unknown_path_and_wrong_method_are_openai_errors(agent_url: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{agent_url}/nope") as r:
+            assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+        async with s.get(f"{agent_url}/infer") as r:
+            assert r.status == 405 and (await r.json())["error"]["code"] == "method_not_allowed"
+            assert r.headers["Allow"] == "POST"
