@@ -70,3 +70,37 @@ def test_missing_weights_fail_clearly_naming_the_path(tmp_path: Path) -> None:
     assert f"{tmp_path}/models/Mistral-7B-Instruct-v0.3" in proc.stderr
     assert "local_mistral-7b-instruct-q4" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_agent_process_registers_and_deregisters_on_sigterm(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The real `iir agent` process with ROUTER_URL set registers with the real router; SIGTERM
+    deregisters it (gone from the directory at once, not merely stale later)."""
+    import asyncio
+
+    from tests.agent.conftest import AGENT_TOKEN, LocalRouter, eventually
+
+    router = await LocalRouter(tmp_path, timeout="60s").start()
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ROUTER_URL": router.url, "IIR_AGENT_TOKEN": AGENT_TOKEN,
+           "IIR_HEARTBEAT_INTERVAL": "0.5"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "iir.agent", "--model", str(tiny_model_dir), "--device", "cpu", "--port", str(port),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        async def registered() -> bool:
+            assert proc.returncode is None, "agent exited"
+            return router.live_agents() == [f"agents/127.0.0.1:{port}"]
+
+        await eventually(registered, timeout=300, every=0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        from iir.server.agents_api import AGENTS
+
+        assert router.app is not None and router.app[AGENTS].snapshot().entries == ()
+        out = (await proc.stdout.read()).decode() if proc.stdout else ""
+        assert "Traceback" not in out
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await router.stop()
