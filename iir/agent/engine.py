@@ -48,8 +48,8 @@ class GenerationRequest:
     raw: bool = False
     max_tokens: int | None = None
     min_tokens: int = 0
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float | None = None  # None: the model's generation_config decides
+    top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
 

@@ -183,7 +183,10 @@ class TransformersEngine:
             if req.seed is not None:
                 torch.manual_seed(req.seed)
             ids = torch.tensor([prepared.payload], device=self.device)
-            sample = req.temperature > 0
+            if req.temperature is None:  # left to the model: its generation_config (greedy for the demo model)
+                sample = bool(getattr(self._model.generation_config, "do_sample", False))
+            else:
+                sample = req.temperature > 0
             kwargs: dict[str, Any] = {
                 "input_ids": ids, "attention_mask": torch.ones_like(ids),
                 "max_new_tokens": prepared.max_tokens, "min_new_tokens": min(req.min_tokens, prepared.max_tokens),
@@ -193,7 +196,8 @@ class TransformersEngine:
                 "streamer": streamer,
             }
             if sample:
-                kwargs.update(temperature=req.temperature, top_p=req.top_p)
+                kwargs.update({k: v for k, v in (("temperature", req.temperature), ("top_p", req.top_p))
+                               if v is not None})
             else:  # greedy: make sure model defaults do not turn sampling knobs on
                 kwargs.update(temperature=None, top_p=None, top_k=None)
             if req.stop:

@@ -195,13 +195,15 @@ class VllmEngine:
             raise BadRequestError(f"max_tokens ({request.max_tokens}) exceeds the context window of "
                                   f"{self.model!r} ({self.context_window} tokens)", param="max_tokens",
                                   code="context_length_exceeded")
-        body: dict[str, Any] = {"model": self.model, "temperature": request.temperature, "top_p": request.top_p}
+        body: dict[str, Any] = {"model": self.model}
         if request.raw and request.prompt is not None:
             path, body["prompt"] = "/completions", request.prompt
         else:
             path = "/chat/completions"
             body["messages"] = list(request.messages) or [{"role": "user", "content": request.prompt or ""}]
-        for name, value in (("max_tokens", request.max_tokens), ("seed", request.seed),
+        # an omitted temperature/top_p stays omitted: vLLM then applies the model's generation_config
+        knobs: tuple[tuple[str, Any], ...] = (("temperature", request.temperature), ("top_p", request.top_p))
+        for name, value in (*knobs, ("max_tokens", request.max_tokens), ("seed", request.seed),
                             ("stop", list(request.stop) or None), ("min_tokens", request.min_tokens or None)):
             if value is not None:
                 body[name] = value
