@@ -39,6 +39,14 @@ __all__ = ["make_stage", "response_headers"]
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
+class _SSEResponse(web.StreamResponse):
+    """A client stream whose headers leave with its first bytes (one send, not two): the relay
+    prepares it only when it has a chunk to write, so nothing waits. (aiohttp >= 3.12 reads this
+    class attribute; older versions send the headers at once, as before.)"""
+
+    _send_headers_immediately = False
+
+
 class _Retry(Exception):
     """An attempt failed before any byte reached the client: try the next candidate."""
 
@@ -199,7 +207,7 @@ async def _relay_stream(ctx: RequestContext, adapter: Adapter, backend: Backend,
             if chunks and any(chunks):
                 if out is None:
                     ctx.backend, ctx.status = backend.name, 200
-                    out = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **response_headers(ctx)})
+                    out = _SSEResponse(status=200, headers={**_SSE_HEADERS, **response_headers(ctx)})
                     await out.prepare(ctx.http)
                     ctx.first_byte_at = time.perf_counter()
                 for chunk in chunks:
@@ -213,7 +221,7 @@ async def _relay_stream(ctx: RequestContext, adapter: Adapter, backend: Backend,
                                 retryable=out is None)  # nothing reached the client: fall back
         if out is None:  # an empty but complete stream: still a valid (empty) answer
             ctx.backend, ctx.status = backend.name, 200
-            out = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **response_headers(ctx)})
+            out = _SSEResponse(status=200, headers={**_SSE_HEADERS, **response_headers(ctx)})
             await out.prepare(ctx.http)
         for chunk in translator.finish():
             await _write(ctx, out, chunk)
