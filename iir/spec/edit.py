@@ -91,12 +91,24 @@ def _reindent(lines: list[str], pairs: list[tuple[str, str]]) -> list[str]:
     return out
 
 
+_TRAILING_COMMENT = re.compile(r"(\s+)(#[^'\"\n]*)(\n?)$")
+
+
+def _keep_comment_spacing(original: str, changed: str) -> str:
+    """``changed`` with its trailing comment where ``original`` had it (same comment): at the same
+    column when the changed code still fits before it, else after the original's spacing."""
+    was, now = _TRAILING_COMMENT.search(original), _TRAILING_COMMENT.search(changed)
+    if was is None or now is None or was.group(2) != now.group(2):
+        return changed
+    code = changed[:now.start()]
+    gap = was.start(2) - len(code) if len(code) < was.start(2) else len(was.group(1))
+    return code + " " * gap + now.group(2) + now.group(3)
+
+
 def _splice(orig: str, before: str, after: str) -> str:
     """Apply the line changes ``before → after`` to ``orig`` (which ``before`` may have normalised:
     ruamel uses one indentation for the whole file). Lines are aligned on their content with
     whitespace collapsed; changed lines take the original's indentation of their section."""
-    if before == orig:
-        return after
     o, a, b = orig.splitlines(True), before.splitlines(True), after.splitlines(True)
     to_orig: dict[int, int] = {}
     matcher = difflib.SequenceMatcher(None, [_norm(x) for x in a], [_norm(x) for x in o], autojunk=False)
@@ -128,7 +140,10 @@ def _splice(orig: str, before: str, after: str) -> str:
             raise refuse
         pairs = [(a[i], o[to_orig[i]]) for i in range(i2 - 1 if i1 < i2 else i1 - 1, -1, -1) if i in to_orig]
         out.extend(o[pos:start])
-        out.extend(_reindent(b[j1:j2], pairs))
+        new = _reindent(b[j1:j2], pairs)
+        if end - start == len(new):  # line for line: a changed line keeps its comment's original spacing
+            new = [_keep_comment_spacing(o[start + k], line) for k, line in enumerate(new)]
+        out.extend(new)
         pos = end
     out.extend(o[pos:])
     return "".join(out)

@@ -63,6 +63,19 @@ def test_add_to_flow_list_changes_only_that_line() -> None:
     assert len(added) == 1 and added[0].startswith("    models: [tiny-demo, tiny-2]") and added[0].endswith("# flow list\n")
 
 
+def test_a_changed_line_keeps_its_comment_in_place() -> None:
+    """The comment column stays when the code still fits before it, else the original spacing."""
+    added = add_model(COMMENTED, "tiny-2", backend="laptop")
+    assert "    models: [tiny-demo, tiny-2]      # flow list\n" in added  # same column as before
+    renamed = update_model(COMMENTED, "qwen-2.5-7b", rename="q")
+    assert "      - q              # a comment on an item\n" in renamed
+    longer = update_model(COMMENTED, "qwen-2.5-7b", rename="qwen-2.5-7b-instruct-q4")
+    assert "      - qwen-2.5-7b-instruct-q4    # a comment on an item\n" in longer  # spacing kept
+    flow = "version: 1\nbackends:\n  a: {kind: agent, url: 'http://h:1', models: [m]}   # flow\nroutes: [{name: r, to: [a]}]"
+    assert add_model(flow, "n", backend="a").splitlines()[2] == \
+        "  a: {kind: agent, url: 'http://h:1', models: [m, n]}   # flow"
+
+
 def test_add_to_block_list_with_price_inserts_lines_only() -> None:
     new = add_model(COMMENTED, "mistral-7b", backend="gpu-box", price=(0.05, 0.1), upstream="mistralai/Mistral-7B")
     _valid(new)
