@@ -21,6 +21,7 @@ Tables:
 from __future__ import annotations
 
 import datetime
+import random
 import sqlite3
 import sys
 import time
@@ -72,6 +73,15 @@ def m001_initial(db: Database) -> None:
                          "registered_at": float, "last_heartbeat": float, "state": str, "load": str}, pk="id")
 
 
+_OPEN_TIMEOUT = 10.0
+
+
+def _contended(e: sqlite3.OperationalError) -> bool:
+    """Another process holds the file, or applied the same migration a moment ago."""
+    text = str(e)
+    return "locked" in text or "busy" in text or "already exists" in text
+
+
 class RegistryError(Exception):
     """The registry file cannot be opened or written (message is meant for the operator)."""
 
@@ -120,18 +130,33 @@ class Registry:
 
     def __init__(self, path: str | Path, *, migrate: bool = True) -> None:
         self.path = str(path)
-        try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self.db = Database(sqlite3.connect(self.path, timeout=10.0, check_same_thread=False))
-            if self.path != ":memory:":
-                self.db.enable_wal()
-            self.db.execute("PRAGMA busy_timeout = 10000")
-            self.db.execute("PRAGMA foreign_keys = ON")
-            if migrate:
-                self.migrate()
-        except (sqlite3.Error, OSError) as e:
-            raise RegistryError(f"cannot open registry {self.path}: {e}") from None
+        # Several processes may open (and create, and migrate) the same file at once: router
+        # workers, `iir compile`. Switching to WAL and a migration racing another process's
+        # fail fast rather than wait, so those are retried until the other one is done.
+        deadline = time.monotonic() + _OPEN_TIMEOUT
+        while True:
+            try:
+                self._open(migrate)
+                return
+            except sqlite3.OperationalError as e:
+                if hasattr(self, "db"):
+                    self.db.close()
+                if not _contended(e) or time.monotonic() > deadline:
+                    raise RegistryError(f"cannot open registry {self.path}: {e}") from None
+                time.sleep(random.uniform(0.02, 0.1))
+            except (sqlite3.Error, OSError) as e:
+                raise RegistryError(f"cannot open registry {self.path}: {e}") from None
+
+    def _open(self, migrate: bool) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = Database(sqlite3.connect(self.path, timeout=_OPEN_TIMEOUT, check_same_thread=False))
+        if self.path != ":memory:":
+            self.db.enable_wal()
+        self.db.execute(f"PRAGMA busy_timeout = {int(_OPEN_TIMEOUT * 1000)}")
+        self.db.execute("PRAGMA foreign_keys = ON")
+        if migrate:
+            self.migrate()
 
     def __enter__(self) -> Registry:
         return self

@@ -170,3 +170,31 @@ def test_unopenable_path_is_a_registry_error(tmp_path: Path) -> None:
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(RegistryError, match="cannot open registry"):
         Registry(tmp_path / "dir.db")
+
+
+def test_concurrent_openers_of_a_fresh_file_all_succeed(tmp_path: Path) -> None:
+    """Router workers and `iir compile` may create, migrate and write the same file at once."""
+    import threading
+
+    db = tmp_path / "fresh.db"
+    tables = [_built(SPEC.replace("models: [tiny-demo]", f"models: [tiny-demo, m{i}]")).table for i in range(8)]
+    start = threading.Barrier(len(tables))
+    errors: list[BaseException] = []
+
+    def compile_one(table) -> None:  # type: ignore[no-untyped-def]
+        start.wait()
+        try:
+            with Registry(db) as reg:
+                reg.persist(table, "text")
+        except BaseException as e:  # collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=compile_one, args=(t,)) for t in tables]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    with Registry(db) as reg:
+        assert len(reg.snapshots()) == len(tables)
+        assert reg.applied_migrations() == ["m001_initial"]
