@@ -22,6 +22,7 @@ own. A fallback list is walked once, in order, so there is nothing that could lo
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import re
 from collections.abc import Mapping
 
@@ -47,7 +48,16 @@ def check_spec(loaded: LoadedSpec, env: Mapping[str, str]) -> list[Diagnostic]:
     _check_auth(spec, smap, diags)
     _check_state(spec, smap, env, diags)
     _check_unused(spec, smap, diags)
+    _check_agents(spec, smap, diags)
     return sorted(diags, key=lambda d: (d.file, d.line, d.col, d.path, d.message))
+
+
+def _check_agents(spec: m.Spec, smap: SourceMap, diags: list[Diagnostic]) -> None:
+    for i, net in enumerate(spec.agents.allow_networks):
+        if ipaddress.ip_network(net, strict=False).prefixlen == 0:
+            diags.append(_warn(smap, ("agents", "allow_networks", i),
+                               f"{net!r} lets a registration point the router at any address (cloud metadata, "
+                               "internal services): list the agents' own networks instead"))
 
 
 def _warn(smap: SourceMap, path: tuple[str | int, ...], msg: str, *, key: bool = False) -> Diagnostic:

@@ -7,6 +7,7 @@ Secrets are ``SecretStr`` so they never show in reprs, logs or dumps.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
@@ -203,12 +204,24 @@ class CloudBackend(_BackendBase):
 Backend = Annotated[SelfHostedBackend | CloudBackend, Field(discriminator="kind")]
 
 
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"invalid network {value!r}: use CIDR notation such as 10.0.0.0/8 or fd00::/8") from None
+    return value
+
+
+#: A CIDR range (``10.0.0.0/8``, ``::1/128``); a bare address means that one host.
+Network = Annotated[str, AfterValidator(_network)]
+
+
 class AgentsSettings(_Model):
     """Local agents that register themselves with the router."""
 
     token: SecretStr | None = Field(None, description="Registration token agents must present; without it registration is closed.")
     heartbeat_timeout: Duration = Field(30.0, description="An agent silent for longer is marked stale and not routed to.")
-    allow_networks: list[str] = Field(["127.0.0.0/8", "::1/128"], description="CIDR ranges an agent's registered URL must fall in.")
+    allow_networks: list[Network] = Field(["127.0.0.0/8", "::1/128"], description="CIDR ranges an agent's registered URL must fall in.")
     allow_schemes: list[Literal["http", "https"]] = Field(["http", "https"], description="URL schemes an agent may register.")
     context_window: int = Field(2048, ge=1, description="Context window assumed for an agent that does not declare one.")
 
