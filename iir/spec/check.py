@@ -12,7 +12,8 @@ Warnings: routes that can never match (shadowed by an earlier catch-all or an ea
 with the same or a wider model condition and no other conditions); ``by-model`` routes for an
 exact model no backend declares; client keys allowing models nothing serves; fallbacks to a smaller context window; prompt ranges larger
 than a target's window; backends nothing routes to; unconfigured backends; prices for
-unlisted models; the same backend twice in one fallback list.
+unlisted models; the same backend twice in one fallback list; an ``agents.allow_networks``
+entry that admits every address (``0.0.0.0/0``, ``::/0``).
 
 Fallback cycles cannot occur by construction: a route's ``to`` names backends (or the
 ``agents`` pool, or ``by-model``), never other routes, and backends have no fallback of their
