@@ -128,6 +128,16 @@ class AgentAdapter(Adapter):
 
     def build(self, req: ClientRequest, backend: Backend) -> UpstreamRequest:
         body = req.body
+        # The agent protocol carries neither tools nor several choices: refuse rather than answer
+        # a tool call with plain text or n=2 with one choice (the agent's own /v1 refuses both too).
+        if body.get("tools") or body.get("functions"):
+            raise BadRequestError(f"backend {backend.name!r} (a local agent) does not support tools or function "
+                                  "calling; route tool requests to a backend that does", param="tools",
+                                  code="unsupported_parameter")
+        n = body.get("n")
+        if isinstance(n, int) and n > 1:
+            raise BadRequestError(f"backend {backend.name!r} (a local agent) returns one choice; n={n} is not "
+                                  "supported", param="n", code="unsupported_parameter")
         out: dict[str, Any] = {}
         if req.endpoint == "chat":
             out["messages"] = [{"role": m.get("role", "user"), "content": _text_of(m.get("content"))}

@@ -63,9 +63,20 @@ def _backend(name: str, b: m.SelfHostedBackend | m.CloudBackend, env: Mapping[st
         headers=tuple(headers.items()), context_window=b.context_window,
         prices=MappingProxyType({k: (p.input, p.output) for k, p in b.price.items()}),
         timeouts=t.Timeouts(b.timeouts.connect, b.timeouts.first_byte, b.timeouts.idle, b.timeouts.total),
-        max_inflight=b.max_inflight, capabilities=frozenset(b.capabilities), weight=b.weight,
+        max_inflight=b.max_inflight, capabilities=_capabilities(b), weight=b.weight,
         configured=configured, unconfigured_reason=reason, stream_usage=b.stream_usage,
     )
+
+
+#: What the agent protocol (``/infer``) can carry: text in, text out. Tool definitions and image
+#: parts never reach an agent, so a tools or image request must skip it rather than be answered
+#: as if they were not there (a registered agent reports the same, default ``[json]``).
+_AGENT_CAPABILITIES = frozenset({"json"})
+
+
+def _capabilities(b: m.SelfHostedBackend | m.CloudBackend) -> frozenset[str]:
+    caps = frozenset(b.capabilities)
+    return caps & _AGENT_CAPABILITIES if b.kind == "agent" else caps
 
 
 def _match(mt: m.Match) -> t.Match:

@@ -13,7 +13,7 @@ from aiohttp.test_utils import make_mocked_request
 from iir.backends.adapters import load_adapters
 from iir.backends.openai_agent import ADAPTER as AGENT
 from iir.backends.openai_openai import ADAPTER as OPENAI
-from iir.errors import UpstreamError
+from iir.errors import BadRequestError, UpstreamError
 from iir.pipeline.auth import admin_allowed, presented_key
 from iir.table import AuthTable, Backend
 
@@ -95,6 +95,15 @@ def test_agent_build_and_translate():
     assert out["choices"][0] == {"index": 0, "message": {"role": "assistant", "content": "hey"},
                                  "logprobs": None, "finish_reason": "length"}
     assert usage == out["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+
+
+@pytest.mark.parametrize("extra,param", [({"tools": [{"type": "function"}]}, "tools"),
+                                         ({"functions": [{"name": "f"}]}, "tools"), ({"n": 3}, "n")])
+def test_agent_build_refuses_what_the_agent_protocol_cannot_carry(extra, param):
+    req = Req(body={"model": "client-name", "messages": [{"role": "user", "content": "a"}], **extra})
+    with pytest.raises(BadRequestError) as e:
+        AGENT.build(req, _backend(protocol="agent", kind="agent", base_url="http://h:5000"))
+    assert e.value.param == param and e.value.status == 400
 
 
 def test_agent_stream_translation_and_in_stream_error():

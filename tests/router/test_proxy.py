@@ -161,6 +161,23 @@ async def test_agent_error_mid_stream_raises_in_sdk(setup):
             pass
 
 
+async def test_agent_backend_refuses_tools_and_n_instead_of_dropping_them(setup):
+    """The agent protocol carries neither tools nor several choices: a tools request skips the
+    agent (503 when nothing else serves it), n=2 is a 400; never a plain one-choice answer."""
+    _, _, agent, client = setup
+    seen = len(agent.requests)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    with pytest.raises(openai.APIStatusError) as e:
+        await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], tools=tools)
+    assert e.value.status_code == 503 and "laptop" in e.value.message and "tools" in e.value.message
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], n=2)
+    assert bad.value.body["param"] == "n" and bad.value.body["code"] == "unsupported_parameter"
+    assert len(agent.requests) == seen  # neither reached the agent
+    ok = await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], n=1)
+    assert len(ok.choices) == 1
+
+
 async def test_stream_passthrough_bytes_unchanged_except_model(setup):
     srv, up, _, _ = setup
     body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": True,
