@@ -34,6 +34,8 @@ async def read_body(request: web.Request, max_body: int) -> bytes:
     """The request body, refusing more than ``max_body`` bytes without reading them all."""
     length = request.content_length
     if length is not None:
+        if not length:
+            return b""  # readexactly(0) on an empty body raises IncompleteReadError
         if length > max_body:
             raise PayloadTooLargeError(f"request body is {length} bytes; the limit is {max_body}")
         try:

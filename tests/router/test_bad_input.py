@@ -81,6 +81,11 @@ async def test_bad_bodies(srv, caplog, data, status, code, param):
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
+async def test_empty_body_says_it_is_empty(srv):
+    status, body = await _post(base(srv), b"")  # Content-Length: 0
+    assert status == 400 and body["error"]["message"] == "request body is empty; send a JSON object"
+
+
 async def test_unknown_model_lists_available(srv):
     _, body = await _post(base(srv), b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}')
     assert "gpt-test" in body["error"]["message"] and "local/small" in body["error"]["message"]
