@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from iir.compile.build import build_text
 from iir.spec.edit import SpecEditError, add_model, remove_model, update_model, write_atomically
@@ -134,3 +136,29 @@ def test_write_atomically_keeps_mode_and_leaves_no_temp(tmp_path) -> None:  # ty
     assert p.read_text() == "new\n"
     assert p.stat().st_mode & 0o777 == 0o640
     assert [x.name for x in tmp_path.iterdir()] == ["iir.yaml"]
+
+
+_NAMES = st.from_regex(r"[a-z][a-z0-9.\-]{0,20}(/[a-z0-9.\-]{1,12})?(:[a-z0-9]{1,6})?", fullmatch=True)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(names=st.lists(_NAMES, min_size=1, max_size=4, unique=True),
+       backend=st.sampled_from(["laptop", "gpu-box"]), price=st.booleans())
+def test_any_sequence_of_adds_and_removes_keeps_the_rest_byte_identical(names: list[str], backend: str,
+                                                                        price: bool) -> None:
+    """Property: adding models (then removing them again) never touches any other line, every
+    comment survives, the result validates, and removing what was added restores the file (up
+    to the spacing before the comment of the one flow-list line that changed)."""
+    text = COMMENTED
+    assume(all(n not in text for n in names))
+    for name in names:
+        text = add_model(text, name, backend=backend, price=(0.5, 1.0) if price else None)
+        _valid(text)
+    comments = [ln for ln in COMMENTED.splitlines() if "#" in ln and ln.lstrip().startswith("#")]
+    assert all(c in text.splitlines() for c in comments)
+    changed = [ln for tag, old, _ in _changes(COMMENTED, text) if tag != "insert" for ln in old]
+    assert changed in ([], ["    models: [tiny-demo]              # flow list\n"])  # only laptop's flow list line
+    for name in names:
+        text = remove_model(text, name)
+    assert [" ".join(ln.split()) for ln in text.splitlines()] == [" ".join(ln.split()) for ln in COMMENTED.splitlines()]
+    assert [tag for tag, _, _ in _changes(COMMENTED, text)] in ([], ["replace"])
