@@ -78,6 +78,9 @@ def _check_backends(spec: m.Spec, smap: SourceMap, env: Mapping[str, str], diags
                                    f"price for {model!r}, which this backend does not list{did_you_mean(model, b.models)}",
                                    key=True))
         preset = PRESETS[b.kind]
+        from_env = env.get(preset.url_env) if b.url is None and preset.url_env else None
+        if from_env and (problem := m.url_problem(from_env)):
+            diags.append(smap.diag(("backends", name), f"{preset.url_env} (the URL of backend {name!r}) {problem}"))
         if b.url is None and preset.base_url is None and not (preset.url_env and env.get(preset.url_env)):
             diags.append(_warn(smap, ("backends", name), f"backend {name!r} has no URL (set `url` or {preset.url_env}); it will be skipped"))
         elif isinstance(b, m.CloudBackend) and b.api_key is None and not (preset.key_env and env.get(preset.key_env)):

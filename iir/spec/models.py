@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -175,6 +176,20 @@ class _BackendBase(_Model):
         "that rejects `stream_options`. Ignored by agent, anthropic and google backends.")
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable ``http(s)://host[:port][/path]`` base URL, or None."""
+    if not re.match(r"^https?://[^\s/]+", url) or any(c.isspace() for c in url):
+        return f"must start with http:// or https:// and contain no spaces, got {url!r}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as e:
+        return f"is not a valid URL ({e}): {url!r}"
+    if not parts.hostname:
+        return f"has no host: {url!r}"
+    return None
+
+
 class SelfHostedBackend(_BackendBase):
     """A server you run: an iir agent, vLLM, an llm-d cluster or any OpenAI-compatible URL."""
 
@@ -187,8 +202,8 @@ class SelfHostedBackend(_BackendBase):
     def _url_required(self) -> SelfHostedBackend:
         if self.url is None and self.kind != "llm-d":
             raise ValueError(f"a backend of kind {self.kind!r} needs a url")
-        if self.url is not None and not re.match(r"^https?://[^\s/]+", self.url):
-            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        if self.url is not None and (problem := url_problem(self.url)):
+            raise ValueError(f"url {problem}")
         return self
 
 
@@ -199,6 +214,12 @@ class CloudBackend(_BackendBase):
     url: str | None = Field(None, description="Override the provider's base URL (also `<PROVIDER>_BASE_URL`).")
     api_key: SecretStr | None = Field(
         None, description="Provider key as `${VAR}`; defaults to `EXTERNAL_<PROVIDER>_KEY`. Missing → backend reported unconfigured and skipped.")
+
+    @model_validator(mode="after")
+    def _url_valid(self) -> CloudBackend:
+        if self.url is not None and (problem := url_problem(self.url)):
+            raise ValueError(f"url {problem}")
+        return self
 
 
 Backend = Annotated[SelfHostedBackend | CloudBackend, Field(discriminator="kind")]
