@@ -274,6 +274,7 @@ class _Walker:
             self.diags.append(Diagnostic(self.smap.file, line, col, dotted(path),
                                          f"environment variable {var} is not set (write ${{{var}:-default}} to make it optional)"))
         if "${" in _VAR.sub("", value):
+            self.unset.append(path)  # like an unset variable: no follow-up errors about this value
             self.diags.append(self.smap.diag(path, "malformed ${...}: write ${NAME} or ${NAME:-default}"))
         # A whole-value reference that expands to nothing means "unset" (e.g. an optional key).
         if result == "" and _VAR.fullmatch(value.strip()):
