@@ -5,6 +5,8 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from iir.errors import IIRError
+from iir.pipeline.auth import presented_key, resolve_key
 from iir.pipeline.route import model_not_found
 from iir.pipeline.services import SERVICES
 from iir.server.handlers import error_response, handler_for
@@ -31,15 +33,32 @@ def _models(app: web.Application, table: RoutingTable) -> dict[str, dict[str, ob
     return out
 
 
+def _visible_models(request: web.Request, table: RoutingTable) -> dict[str, dict[str, object]]:
+    """The models this client may see. With client keys configured the listing needs a key, as
+    the model endpoints do (OpenAI answers 401 too; the list names backends and agents); a key
+    limited to some models sees those, plus the aliases only routes resolve (``auto``)."""
+    key = resolve_key(table.auth, presented_key(request))  # 401 when keys are required
+    models = _models(request.app, table)
+    if key is None or key.models_re is None:
+        return models
+    return {m: v for m, v in models.items() if key.allows(m) or v["owned_by"] == "iir"}
+
+
 async def list_models(request: web.Request) -> web.Response:
-    models = _models(request.app, request.app[TABLE_STATE].table)
+    try:
+        models = _visible_models(request, request.app[TABLE_STATE].table)
+    except IIRError as e:
+        return error_response(e)
     return _json({"object": "list", "data": list(models.values())})
 
 
 async def get_model(request: web.Request) -> web.Response:
     table = request.app[TABLE_STATE].table
     model = request.match_info["model"]
-    found = _models(request.app, table).get(model)
+    try:
+        found = _visible_models(request, table).get(model)
+    except IIRError as e:
+        return error_response(e)
     if found is None:
         return error_response(model_not_found(table, model))
     return _json(found)

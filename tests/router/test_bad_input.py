@@ -150,6 +150,23 @@ async def test_auth_missing_wrong_bearer_and_x_api_key(srv, sdk, caplog):
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
+async def test_model_listing_needs_a_key_and_shows_what_it_may_use(srv, sdk):
+    """As OpenAI: no key, no model list (it names the backends); a restricted key sees its models."""
+    async with aiohttp.ClientSession() as s:
+        for path in ("/v1/models", "/v1/models/gpt-test"):
+            async with s.get(base(srv) + path) as r:
+                assert r.status == 401, path
+                _assert_openai_error(await r.json(), "invalid_api_key")
+            async with s.get(base(srv) + path, headers={"authorization": "Bearer wrong-key"}) as r:
+                assert r.status == 401, path
+    assert {m.id async for m in sdk(srv, "key-all-123456").models.list()} == {"gpt-test", "local/small"}
+    ci = sdk(srv, "key-ci-123456")
+    assert [m.id async for m in ci.models.list()] == ["local/small"]
+    assert (await ci.models.retrieve("local/small")).owned_by == "up"
+    with pytest.raises(openai.NotFoundError):
+        await ci.models.retrieve("gpt-test")
+
+
 async def test_keys_never_logged(srv, caplog):
     caplog.set_level(logging.DEBUG)
     await _post(base(srv), GOOD)
