@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iir.agent.config import DEFAULT_MODEL, load_agent_config
 from iir.agent.engine import StopMatcher
@@ -177,3 +179,30 @@ def test_explicit_device_must_exist_on_this_machine() -> None:
     if mps is None or not mps.is_available():
         with pytest.raises(ValueError, match="MPS is not available"):
             pick_device("mps")
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+                     max_leaves=20)
+_FIELDS = st.fixed_dictionaries({}, optional={
+    "prompt": _JSON, "messages": _JSON, "max_tokens": _JSON, "temperature": _JSON, "top_p": _JSON, "stop": _JSON,
+    "seed": _JSON, "stream": _JSON, "model": _JSON, "n": _JSON, "min_tokens": _JSON, "stream_options": _JSON})
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.one_of(_FIELDS, _JSON), raw=st.binary(max_size=64), use_raw=st.booleans())
+def test_any_request_body_parses_or_is_a_400(body: object, raw: bytes, use_raw: bool) -> None:
+    """/infer and /v1/chat/completions bodies: parsed into a generation request, or a 400 — never
+    another exception (the agent's boundary would turn that into a 500)."""
+    import json
+
+    from iir.agent import protocol as p
+    from iir.errors import IIRError
+
+    data = raw if use_raw else json.dumps(body).encode()
+    for model in (p.InferBody, p.ChatBody):
+        try:
+            parsed = p.parse_body(data, model)
+            p.to_generation_request(parsed)
+        except IIRError as e:
+            assert e.status == 400 and e.to_openai()["error"]["message"]
