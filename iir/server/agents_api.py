@@ -169,7 +169,7 @@ async def check_agent_url(url: str, table: RoutingTable) -> str:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port or 80,
                                                                  type=socket.SOCK_STREAM)
-        except OSError:
+        except (OSError, UnicodeError):  # UnicodeError: not an encodable host name (empty or 64+ char label)
             raise PermissionDeniedError(f"agent host {parts.hostname!r} does not resolve",
                                         code="agent_url_not_allowed") from None
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]

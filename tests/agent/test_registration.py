@@ -181,7 +181,7 @@ async def test_wrong_token_is_401_and_changes_nothing(routers: list[LocalRouter]
 
 
 @pytest.mark.parametrize("url", ["http://10.1.2.3:5000", "http://169.254.169.254/latest", "ftp://127.0.0.1:21",
-                                 "http://[::ffff:10.0.0.1]:80"])
+                                 "http://[::ffff:10.0.0.1]:80", "http://a..b:80", "http://" + "a" * 70 + ".x:80"])
 async def test_registration_url_outside_allowed_networks_is_403(routers: list[LocalRouter], tmp_path: Path,
                                                                 url: str) -> None:
     router = await LocalRouter(tmp_path).start()
