@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sys
 from pathlib import Path
@@ -58,7 +59,13 @@ def serve(spec: str, host: str | None, port: int | None, workers: int | None, wo
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run  # type: ignore[assignment]
-    sys.exit(runner(serve_forever(path, host=host, port=port, reuse_port=worker)))
+    try:
+        sys.exit(runner(serve_forever(path, host=host, port=port, reuse_port=worker)))
+    except OSError as e:  # at start-up: the address is taken, not available or not allowed
+        hint = " (is another router already running there?)" if e.errno == errno.EADDRINUSE else ""
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        click.echo(f"iir serve: cannot listen on {host}:{port}: {reason}{hint}", err=True)
+        sys.exit(1)
 
 
 commands = [serve]

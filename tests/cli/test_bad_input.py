@@ -142,3 +142,21 @@ def test_every_bad_file_through_every_command(case: str, tmp_path: Path, monkeyp
         assert lines == expected, command
         assert (tmp_path / name).read_bytes() == before
         assert not (tmp_path / "x.db").exists()
+
+
+def test_serve_on_a_taken_port_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    import socket
+
+    root = Path(__file__).resolve().parents[2]
+    spec = (root / "iir.yaml").read_text(encoding="utf-8").replace("${SQLITE_DB_PATH:-iir.db}", str(tmp_path / "r.db"))
+    (tmp_path / "iir.yaml").write_text(spec, encoding="utf-8")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "iir", "serve", "--port", str(port)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert (f"iir serve: cannot listen on 127.0.0.1:{port}: Address already in use "
+            "(is another router already running there?)") in proc.stderr.splitlines()
