@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,6 +116,9 @@ def run_demo(spec_file: str) -> None:
     agent_port = urlsplit(agent_url).port or 5000
     host = table.server.host if table.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     router_url = f"http://{host}:{table.server.port}"
+    # something else answering on either port would pass for the demo's own process: refuse first
+    _require_free("127.0.0.1", agent_port, "the demo agent", f"the laptop backend's url in {spec_file}")
+    _require_free(table.server.host, table.server.port, "the router", f"server.listen in {spec_file}")
     procs: list[subprocess.Popen[bytes]] = []
     try:
         click.echo(f"==> starting the demo agent on {agent_url} (first run builds the tiny model)", err=True)
@@ -153,6 +157,20 @@ Try:
 
 Ctrl-C stops both.
 """
+
+
+def _require_free(host: str, port: int, what: str, where: str) -> None:
+    """Exit 1 with one line when ``host:port`` cannot be bound (in use, or not an address here)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            click.echo(f"iir run-demo: cannot start {what} on {host}:{port}: {reason} "
+                       f"(stop what runs there, or change {where})", err=True)
+            sys.exit(1)
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:

@@ -205,3 +205,23 @@ def test_agents_list_without_a_registry_creates_none(workdir: Path) -> None:
     result = run("agents", "list")
     assert result.exit_code == 0 and result.stdout == "no agents registered\n"
     assert not (workdir / "iir.db").exists()
+
+
+def test_run_demo_refuses_taken_ports_before_starting_anything(workdir: Path) -> None:
+    """Something else on the agent's or the router's port would pass for the demo's own process."""
+    import socket
+
+    from tests.conftest import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        spec = (workdir / "iir.yaml").read_text()
+        for agent_port, router_port, what in ((busy, free_port(), "the demo agent"), (free_port(), busy, "the router")):
+            (workdir / "demo.yaml").write_text(spec.replace("127.0.0.1:5000", f"127.0.0.1:{agent_port}").replace(
+                "listen: 127.0.0.1:8000", f"listen: 127.0.0.1:{router_port}"))
+            result = run("run-demo", "--spec", "demo.yaml")
+            assert result.exit_code == 1
+            assert f"iir run-demo: cannot start {what} on 127.0.0.1:{busy}: Address already in use" in result.stderr
+            assert "starting" not in result.stderr
