@@ -321,8 +321,8 @@ def remove_model(text: str, model: str, *, backend: str | None = None) -> str:
 
 def write_atomically(path: str | Path, text: str) -> None:
     """Replace ``path`` with ``text`` atomically (temp file in the same folder, fsync, rename),
-    keeping the file's permissions."""
-    target = Path(path)
+    keeping the file's permissions. A symlink stays a symlink: the file it points to is replaced."""
+    target = Path(path).resolve() if Path(path).is_symlink() else Path(path)
     mode = target.stat().st_mode & 0o7777 if target.exists() else 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:

@@ -162,3 +162,14 @@ def test_any_sequence_of_adds_and_removes_keeps_the_rest_byte_identical(names: l
         text = remove_model(text, name)
     assert [" ".join(ln.split()) for ln in text.splitlines()] == [" ".join(ln.split()) for ln in COMMENTED.splitlines()]
     assert [tag for tag, _, _ in _changes(COMMENTED, text)] in ([], ["replace"])
+
+
+def test_write_atomically_through_a_symlink_keeps_the_link(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    real = tmp_path / "config" / "iir.yaml"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    link = tmp_path / "iir.yaml"
+    link.symlink_to(real)
+    write_atomically(link, "new\n")
+    assert link.is_symlink() and real.read_text() == "new\n"
+    assert sorted(x.name for x in real.parent.iterdir()) == ["iir.yaml"]
