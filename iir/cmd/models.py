@@ -93,7 +93,14 @@ def _apply(spec_path: str, edit: Callable[[str], str], done: str) -> None:
         click.echo(f"{spec_path}: nothing to change")
         return
     try:
+        if read_spec_text(path) != text:  # someone else saved it meanwhile: do not overwrite their change
+            click.echo(f"{spec_path}: changed on disk while this edit was prepared; nothing written, run it again",
+                       err=True)
+            sys.exit(1)
         write_atomically(path, new_text)
+    except ConfigError as e:
+        echo_diagnostics(e.diagnostics)
+        sys.exit(1)
     except OSError as e:
         click.echo(f"{spec_path}: cannot write: {e.strerror or e}", err=True)
         sys.exit(1)

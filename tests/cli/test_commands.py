@@ -225,3 +225,22 @@ def test_run_demo_refuses_taken_ports_before_starting_anything(workdir: Path) ->
             assert result.exit_code == 1
             assert f"iir run-demo: cannot start {what} on 127.0.0.1:{busy}: Address already in use" in result.stderr
             assert "starting" not in result.stderr
+
+
+def test_models_edit_never_overwrites_a_concurrent_save(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import iir.cmd.models as models_cmd
+
+    real_build = models_cmd.build_text
+    calls = []
+
+    def build_then_someone_saves(text: str, name: str, env):  # type: ignore[no-untyped-def]
+        calls.append(name)
+        if len(calls) == 2:  # while the edited text is being validated, another editor saves the file
+            (workdir / "iir.yaml").write_text((workdir / "iir.yaml").read_text() + "# saved by someone else\n")
+        return real_build(text, name, env)
+
+    monkeypatch.setattr(models_cmd, "build_text", build_then_someone_saves)
+    result = run("models", "add", "qwen", "--backend", "laptop")
+    assert result.exit_code == 1 and "changed on disk while this edit was prepared" in result.stderr
+    assert (workdir / "iir.yaml").read_text().endswith("# saved by someone else\n")
+    assert "qwen" not in (workdir / "iir.yaml").read_text()
