@@ -155,7 +155,13 @@ class TransformersEngine:
         return list(self._tokenizer(self._render(req), add_special_tokens=False)["input_ids"])
 
     async def prepare(self, request: GenerationRequest) -> Prepared:
-        ids = await asyncio.to_thread(self._tokenize, request)
+        from jinja2 import TemplateError
+
+        try:
+            ids = await asyncio.to_thread(self._tokenize, request)
+        except TemplateError as e:  # e.g. "Conversation roles must alternate user/assistant/user/assistant"
+            raise BadRequestError(f"the chat template of {self.model!r} does not accept these messages: {e}",
+                                  param="messages", code="invalid_messages") from None
         n, window = len(ids), self.context_window
         if n >= window:
             raise BadRequestError(

@@ -236,3 +236,18 @@ async def test_unknown_path_and_wrong_method_are_openai_errors(agent_url: str) -
         async with s.get(f"{agent_url}/infer") as r:
             assert r.status == 405 and (await r.json())["error"]["code"] == "method_not_allowed"
             assert r.headers["Allow"] == "POST"
+
+
+async def test_a_chat_template_refusing_the_messages_is_a_400(tiny_engine: TransformersEngine) -> None:
+    """Templates such as Mistral's raise on a system message or non-alternating roles: a 400 naming it."""
+    from iir.errors import BadRequestError
+
+    tokenizer = tiny_engine._tokenizer
+    original = tokenizer.chat_template
+    tokenizer.chat_template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    try:
+        with pytest.raises(BadRequestError) as err:
+            await tiny_engine.prepare(GenerationRequest(messages=({"role": "system", "content": "be brief"},)))
+        assert err.value.status == 400 and "roles must alternate" in str(err.value)
+    finally:
+        tokenizer.chat_template = original
