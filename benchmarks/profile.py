@@ -34,7 +34,7 @@ def _frame_name(frame: str) -> str:
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
     path, _, _line = where.rpartition(":")
-    short = path.split("site-packages/")[-1].split("/work/main/")[-1]
+    short = path.split("site-packages/")[-1].split(f"{REPO}/")[-1]
     return f"{name} ({short})"
 
 

@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     meta: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"), "command": "python -m benchmarks.run " + shlex.join(argv or sys.argv[1:]),
-        "label": args.label, "git": _git_commit(), "src": str(args.src), "host": platform.node(), "cpus": os.cpu_count(),
+        "label": args.label, "git": _git_commit(), "src": os.path.relpath(args.src, REPO), "host": platform.node(), "cpus": os.cpu_count(),
         "loadavg_start": os.getloadavg(), "python": platform.python_version(),
         "nginx": _version([nginx_binary() or "nginx", "-v"]), "wrk": _version(["wrk", "-v"]),
         "duration_s": args.duration, "warmup_s": args.warmup, "concurrency": args.concurrency,
