@@ -7,11 +7,12 @@ import sys
 import click
 
 from iir import __version__
+from iir.cmd import CONTEXT_SETTINGS
 
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings=dict(CONTEXT_SETTINGS))
 @click.version_option(__version__, prog_name="iir")
 def cli() -> None:
     """iir — the Intelligent Inference Router.

@@ -20,6 +20,7 @@ import click
 from redis.exceptions import RedisError
 
 from iir.agent.command import agent
+from iir.cmd import CONTEXT_SETTINGS
 from iir.compile.registry import RegistryError
 from iir.errors import ConfigError
 from iir.policies.agents import AgentEntry, RedisAgentDirectory
@@ -29,7 +30,7 @@ __all__ = ["agent", "agents", "commands", "run_demo"]
 
 
 
-@click.group("agents")
+@click.group("agents", context_settings=dict(CONTEXT_SETTINGS))
 def agents() -> None:
     """Registered agents."""
 

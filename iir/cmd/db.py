@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from iir.cmd import CONTEXT_SETTINGS
 from iir.cmd.spec import echo_diagnostics
 from iir.compile.build import build_table
 from iir.errors import ConfigError
@@ -21,7 +22,7 @@ def _db(db_path: str | None) -> str:
     return db_path or os.environ.get("SQLITE_DB_PATH") or "iir.db"
 
 
-@click.group()
+@click.group(context_settings=dict(CONTEXT_SETTINGS))
 def db() -> None:
     """Manage the SQLite registry of compiled snapshots and registered agents."""
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from iir.cmd import CONTEXT_SETTINGS
 from iir.compile.build import Built, build_table
 from iir.errors import ConfigError
 from iir.export import CHARTS, compose_env, helm_values, inventory, inventory_host, inventory_list
@@ -47,7 +48,7 @@ def _fail(e: ConfigError) -> None:
     sys.exit(1)
 
 
-@click.group()
+@click.group(context_settings=dict(CONTEXT_SETTINGS))
 def export() -> None:
     """Deployment files derived from the spec: Ansible inventory, Helm values, Compose env.
 

@@ -18,6 +18,7 @@ from typing import Any
 import click
 import orjson
 
+from iir.cmd import CONTEXT_SETTINGS
 from iir.cmd.spec import DEFAULT_SPEC, SPEC_ARG, build_or_exit, echo_diagnostics
 from iir.compile.build import build_text
 from iir.errors import ConfigError
@@ -30,7 +31,7 @@ SPEC_OPTION = click.option("--spec", "spec_path", default=DEFAULT_SPEC, show_def
                            help="Spec file to read and edit.")
 
 
-@click.group()
+@click.group(context_settings=dict(CONTEXT_SETTINGS))
 def models() -> None:
     """List and edit the models of iir.yaml (edits keep comments and formatting)."""
 
