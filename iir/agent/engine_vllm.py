@@ -144,6 +144,7 @@ class VllmEngine:
         ready a moment before the first request does)."""
         assert self._session is not None
         deadline = time.monotonic() + self.settings.startup_timeout
+        next_note = time.monotonic() + 5
         while True:
             if self._proc is not None and self._proc.returncode is not None:
                 raise EngineStartError(f"vLLM exited with code {self._proc.returncode} while starting:\n"
@@ -162,6 +163,9 @@ class VllmEngine:
                             return
             except (aiohttp.ClientError, TimeoutError):
                 pass
+            if time.monotonic() >= next_note:
+                next_note = time.monotonic() + 15
+                log.info("waiting for vLLM at %s to answer (up to %.0f s)", self.root_url, self.settings.startup_timeout)
             if time.monotonic() > deadline:
                 where = f"\n{self._log_tail()}" if self._proc is not None else ""
                 raise EngineStartError(f"vLLM at {self.root_url} not ready within "

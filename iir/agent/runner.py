@@ -40,6 +40,25 @@ def build_engine(config: AgentConfig) -> Engine:
                               default_max_tokens=config.default_max_tokens)
 
 
+async def _start_unless_stopped(engine: Engine, stop: asyncio.Event) -> bool:
+    """Start ``engine``; False (engine closed) if ``stop`` is set first. Start errors propagate."""
+    starting = asyncio.ensure_future(engine.start())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if starting.done():
+        starting.result()  # EngineStartError etc.
+        return True
+    log.info("stopping while the engine starts")
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    await engine.close()
+    return False
+
+
 def registration_body(config: AgentConfig, engine: Engine, url: str) -> dict[str, Any]:
     return {"url": url, "name": config.name or url.split("://", 1)[-1], "models": [engine.model],
             "context_window": engine.context_window, "capabilities": list(config.capabilities),
@@ -59,8 +78,8 @@ async def serve_agent(config: AgentConfig, *, engine: Engine | None = None,
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    if owned:
-        await engine.start()
+    if owned and not await _start_unless_stopped(engine, stop):
+        return  # SIGINT/SIGTERM while the model was loading or vLLM was starting
     runner: web.AppRunner | None = None
     registration: RegistrationClient | None = None
     try:

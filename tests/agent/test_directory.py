@@ -206,3 +206,24 @@ def test_any_request_body_parses_or_is_a_400(body: object, raw: bytes, use_raw: 
             p.to_generation_request(parsed)
         except IIRError as e:
             assert e.status == 400 and e.to_openai()["error"]["message"]
+
+
+async def test_stop_while_the_engine_starts_returns_promptly() -> None:
+    """SIGINT/SIGTERM during a long start (a vLLM server that does not answer yet) stops the agent
+    at once instead of after the start-up timeout."""
+    import asyncio
+
+    from iir.agent.config import AgentConfig
+    from iir.agent.runner import serve_agent
+    from tests.conftest import free_port
+
+    config = AgentConfig(engine="vllm", model="tiny", port=0,
+                         vllm={"url": f"http://127.0.0.1:{free_port()}/v1", "startup_timeout": 600})
+    stop = asyncio.Event()
+    ready: list[str] = []
+    task = asyncio.ensure_future(serve_agent(config, stop=stop, on_ready=ready.append))
+    await asyncio.sleep(1.5)
+    assert not task.done()
+    stop.set()
+    await asyncio.wait_for(task, 10)  # far below the 600 s start-up timeout
+    assert ready == []
