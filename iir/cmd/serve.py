@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -17,6 +19,26 @@ from iir.observability.logging import collect_secrets, configure_logging
 __all__ = ["commands"]
 
 
+def _cannot_listen(host: str, port: int, e: OSError) -> NoReturn:
+    hint = " (is another router already running there?)" if e.errno == errno.EADDRINUSE else ""
+    reason = os.strerror(e.errno) if e.errno and e.errno > 0 else str(e)  # gaierror errnos are negative
+    click.echo(f"iir serve: cannot listen on {host}:{port}: {reason}{hint}", err=True)
+    sys.exit(1)
+
+
+def _port_free_or_exit(host: str, port: int) -> None:
+    """Workers share the port with SO_REUSEPORT, which would also let them join the listening
+    group of a router already there (two routers splitting the traffic), and a port another
+    program holds would make every worker fail and restart forever. A plain bind (no
+    SO_REUSEPORT) fails in both cases: check it once before starting any worker."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, addr = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT is not "in use"
+            probe.bind(addr)
+    except OSError as e:
+        _cannot_listen(host, port, e)
 
 
 @click.command()
@@ -48,6 +70,7 @@ def serve(spec: str, host: str | None, port: int | None, workers: int | None, wo
         from iir.server import metrics_api
         from iir.server.workers import supervise
 
+        _port_free_or_exit(host, port)
         with metrics_api.multiprocess_dir_for_workers():
             status = supervise(path, host, port, n, table.server.drain_timeout, on_exit=metrics_api.worker_exited)
         sys.exit(status)
@@ -62,10 +85,7 @@ def serve(spec: str, host: str | None, port: int | None, workers: int | None, wo
     try:
         sys.exit(runner(serve_forever(path, host=host, port=port, reuse_port=worker)))
     except OSError as e:  # at start-up: the address is taken, not available or not allowed
-        hint = " (is another router already running there?)" if e.errno == errno.EADDRINUSE else ""
-        reason = os.strerror(e.errno) if e.errno else str(e)
-        click.echo(f"iir serve: cannot listen on {host}:{port}: {reason}{hint}", err=True)
-        sys.exit(1)
+        _cannot_listen(host, port, e)
 
 
 commands = [serve]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -148,3 +149,27 @@ async def test_sighup_reloads_and_sigterm_drains_in_flight(upstreams, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_workers_refuse_a_port_already_in_use(tmp_path):
+    """A router already listening with SO_REUSEPORT (as every worker does): a second
+    `iir serve --workers 2` must not join its group and split the traffic, and must not
+    restart failing workers forever: it says why and exits 1."""
+    spec = tmp_path / "iir.yaml"
+    spec.write_text(SPEC.format(registry=tmp_path / "r.db", a="http://127.0.0.1:9/v1", b="http://127.0.0.1:9/v1",
+                                target="a"))
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        proc = _spawn(spec, held.getsockname()[1], 2)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                _stop(proc)
+    assert proc.returncode == 1
+    text = out.decode()
+    assert "cannot listen on 127.0.0.1:" in text and "another router" in text
+    assert "restarting" not in text and "Traceback" not in text
+
