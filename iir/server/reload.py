@@ -42,6 +42,9 @@ async def watch_spec(state: TableState, stop: asyncio.Event) -> None:
                                            ignore_permission_denied=True):
         if state.path.exists():
             await state.reload("watch")
+        else:  # deleted (or mid-rename): keep serving, and say so rather than stay silent
+            log.warning("spec file %s is gone; still serving spec %s until it is back", state.path,
+                        state.table.digest[:12])
 
 
 async def watcher_ctx(app: web.Application) -> AsyncIterator[None]:

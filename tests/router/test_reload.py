@@ -96,6 +96,27 @@ async def test_invalid_edit_keeps_serving_and_reports_line_col(two, caplog):
     assert any("iir.yaml:9:13" in str(getattr(r, "fields", {})) for r in logged), "diagnostic not logged"
 
 
+async def test_deleted_spec_is_logged_and_serving_goes_on(two, caplog):
+    caplog.set_level(logging.INFO)
+    srv, write = two
+    old = srv.state.table.digest
+    srv.state.path.unlink()
+    for _ in range(200):
+        gone = [r for r in caplog.records if r.levelno == logging.WARNING and "is gone" in r.getMessage()]
+        if gone:
+            break
+        await asyncio.sleep(0.02)
+    assert gone and old[:12] in gone[0].getMessage()
+    async with aiohttp.ClientSession() as s, s.post(base(srv) + "/v1/chat/completions", json=CHAT) as r:
+        assert r.status == 200 and r.headers["x-iir-backend"] == "a"
+    write("b")  # re-created: reloaded
+    for _ in range(200):
+        if srv.state.table.digest != old:
+            break
+        await asyncio.sleep(0.02)
+    assert srv.state.table.digest != old and srv.state.last is not None and srv.state.last.ok
+
+
 async def test_yaml_syntax_error_reported_with_position(two):
     srv, _write = two
     srv.state.path.write_text("version: 1\nbackends: {a: [\n")
