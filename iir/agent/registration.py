@@ -97,7 +97,9 @@ class RegistrationClient:
             except (aiohttp.ClientError, TimeoutError) as e:
                 status, data, reason = 0, {}, f"router unreachable ({e.__class__.__name__})"
             else:
-                reason = f"HTTP {status}: {data.get('error', {}).get('message', '')}" if status >= 300 else ""
+                error = data.get("error")
+                message = error.get("message", "") if isinstance(error, dict) else str(error or "")
+                reason = f"HTTP {status}: {message}" if status >= 300 else f"HTTP {status} without an agent id"
             if 200 <= status < 300 and data.get("id"):
                 self.agent_id = str(data["id"])
                 self.registered.set()

@@ -227,3 +227,49 @@ async def test_stop_while_the_engine_starts_returns_promptly() -> None:
     stop.set()
     await asyncio.wait_for(task, 10)  # far below the 600 s start-up timeout
     assert ready == []
+
+
+async def test_registration_keeps_retrying_through_a_proxy_answering_odd_errors(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A proxy in front of the router may answer {"error": "..."} (a string) or no JSON at all:
+    the agent logs it and keeps retrying (it used to crash its registration task)."""
+    import asyncio
+    import logging
+
+    from aiohttp import web
+
+    from iir.agent.registration import Backoff, RegistrationClient
+
+    answers = [web.json_response({"error": "bad gateway"}, status=502), web.Response(status=503, text="<html>"),
+               web.json_response({"ok": True}, status=200)]
+    seen: list[int] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        seen.append(len(seen))
+        return answers[min(len(seen) - 1, len(answers) - 1)]
+
+    app = web.Application()
+    app.router.add_post("/register", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    caplog.set_level(logging.WARNING, logger="iir.agent.registration")
+
+    async def load() -> dict[str, object]:
+        return {}
+
+    client = RegistrationClient(url, "t", {"url": "http://127.0.0.1:1", "models": ["m"]}, load,
+                                backoff=Backoff(base=0.05, cap=0.05))
+    await client.start()
+    try:
+        for _ in range(100):
+            if len(seen) >= 4:
+                break
+            await asyncio.sleep(0.05)
+        assert len(seen) >= 4 and not client._task.done()  # type: ignore[union-attr]
+        text = caplog.text
+        assert "HTTP 502: bad gateway" in text and "HTTP 503" in text and "HTTP 200 without an agent id" in text
+    finally:
+        await client.stop()
+        await runner.cleanup()
