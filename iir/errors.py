@@ -20,6 +20,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitedError",
+    "RequestTimeoutError",
     "UnsupportedMediaTypeError",
     "UpstreamError",
     "UpstreamTimeoutError",
@@ -70,6 +71,14 @@ class ModelNotFoundError(IIRError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+
+
+class RequestTimeoutError(IIRError):
+    """The client did not send its request body in time (``server.body_timeout``)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class PayloadTooLargeError(IIRError):

@@ -170,6 +170,7 @@ class ServerSettings:
     workers: int = 1
     max_body: int = 4 * 1024 * 1024
     drain_timeout: float = 30.0
+    body_timeout: float = 30.0
     log_level: str = "info"
     log_format: str = "json"
     log_file: str | None = None

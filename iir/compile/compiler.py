@@ -144,7 +144,7 @@ def compile_spec(spec: m.Spec, env: Mapping[str, str], source: str = "iir.yaml")
     log = spec.server.log
     server = t.ServerSettings(
         host=host.strip("[]"), port=int(port), workers=spec.server.workers, max_body=spec.server.max_body,
-        drain_timeout=spec.server.drain_timeout, log_level=(env.get("LOG_LEVEL") or log.level).lower(),
+        drain_timeout=spec.server.drain_timeout, body_timeout=spec.server.body_timeout, log_level=(env.get("LOG_LEVEL") or log.level).lower(),
         log_format=log.format, log_file=log.file, log_retention=log.retention,
     )
     state = t.StateSettings(
@@ -238,7 +238,8 @@ def table_to_dict(table: t.RoutingTable, *, secrets: str = "omit") -> dict[str, 
     s, st, a = table.server, table.state, table.agents
     return {
         "server": {"host": s.host, "port": s.port, "workers": s.workers, "max_body": s.max_body,
-                   "drain_timeout": s.drain_timeout, "log": [s.log_level, s.log_format, s.log_file, s.log_retention]},
+                   "drain_timeout": s.drain_timeout, "log": [s.log_level, s.log_format, s.log_file, s.log_retention],
+                   **({} if s.body_timeout == 30.0 else {"body_timeout": s.body_timeout})},  # absent when default: digests stay
         "state": {"store": st.store, "redis_url": sec(st.redis_url) if st.redis_url else None,
                   "registry": st.registry, "fail_mode": st.fail_mode},
         "auth": {"admin_token": sec(table.auth.admin_token_sha256),

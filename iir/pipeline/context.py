@@ -58,6 +58,7 @@ class RequestContext:
     attempts: list[Attempt] = field(default_factory=list)
     backend: str | None = None  # the backend that answered
     upstream_seconds: float = 0.0  # time spent waiting on upstreams (excluded from overhead)
+    client_seconds: float = 0.0  # time spent waiting on a slow client's body (excluded from overhead)
     first_byte_at: float | None = None  # perf_counter when the first byte went to the client
     status: int = 0
     usage: dict[str, int] = field(default_factory=dict)  # prompt_tokens / completion_tokens
@@ -69,7 +70,7 @@ class RequestContext:
 
     @property
     def overhead_ms(self) -> float:
-        return max(0.0, (time.perf_counter() - self.started - self.upstream_seconds) * 1000.0)
+        return max(0.0, (time.perf_counter() - self.started - self.upstream_seconds - self.client_seconds) * 1000.0)
 
 
 Next = Callable[[RequestContext], Awaitable[web.StreamResponse]]

@@ -73,7 +73,7 @@ def observe_stage(metrics: Metrics, logger: logging.Logger) -> Stage:
         end = time.perf_counter()
         seconds = end - ctx.started
         ttft = ctx.first_byte_at - ctx.started if ctx.stream and ctx.first_byte_at is not None else None
-        overhead = max(0.0, seconds - ctx.upstream_seconds)
+        overhead = max(0.0, seconds - ctx.upstream_seconds - ctx.client_seconds)
         route = ctx.route.name if ctx.route is not None else NONE
         backend = ctx.backend or NONE
         usage = ctx.usage

@@ -1,19 +1,22 @@
-"""Parse stage: read the body once (bounded by ``server.max_body``), decode JSON, check the
-fields the router itself relies on. Everything else passes through to the backend untouched.
+"""Parse stage: read the body once (bounded by ``server.max_body`` and, when the client is still
+sending it, by ``server.body_timeout``), decode JSON, check the fields the router itself relies
+on. Everything else passes through to the backend untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from iir.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from iir.errors import BadRequestError, PayloadTooLargeError, RequestTimeoutError, UnsupportedMediaTypeError
 from iir.pipeline.context import Next, RequestContext, Stage
 
-__all__ = ["make_stage", "parse_body", "read_body"]
+__all__ = ["BODY_READS", "BodyReads", "make_stage", "parse_body", "read_body"]
 
 _JSON_TYPES = frozenset({"application/json", "text/json"})
 # field → (accepted python types, human name); checked only when present and not null.
@@ -30,8 +33,54 @@ _COMMON: dict[str, tuple[tuple[type, ...], str]] = {
 _REQUIRED = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
 
 
-async def read_body(request: web.Request, max_body: int) -> bytes:
-    """The request body, refusing more than ``max_body`` bytes without reading them all."""
+@dataclass(slots=True)
+class BodyReads:
+    """The body reads of one app that are waiting on their client. On shutdown :meth:`end`
+    expires them at once (408), so the drain does not wait ``body_timeout`` for a stalled client."""
+
+    closing: bool = False
+    waiting: set[asyncio.Timeout] = field(default_factory=set)
+
+    def end(self) -> None:
+        self.closing = True
+        now = asyncio.get_running_loop().time()
+        for timeout in self.waiting:
+            timeout.reschedule(now)
+
+
+BODY_READS = web.AppKey("iir.body_reads", BodyReads)
+
+
+async def read_body(request: web.Request, max_body: int, timeout: float | None = None,
+                    reads: BodyReads | None = None) -> bytes:
+    """The request body, refusing more than ``max_body`` bytes without reading them all.
+
+    With ``timeout``, a body the client is still sending must arrive within that many seconds
+    (else :class:`RequestTimeoutError`, 408). A body already fully received (the common case:
+    small JSON arrives with the headers) is read without a timer."""
+    if timeout is None or request.content.is_eof():
+        return await _read(request, max_body)
+    reads = reads if reads is not None else BodyReads()
+    if reads.closing:
+        raise RequestTimeoutError("the router is shutting down; the request body was not received",
+                                  headers={"connection": "close"})
+    cm = asyncio.timeout(timeout)
+    reads.waiting.add(cm)
+    try:
+        async with cm:
+            return await _read(request, max_body)
+    except TimeoutError:
+        if not cm.expired():
+            raise
+        why = ("the router is shutting down" if reads.closing
+               else f"the request body did not arrive within {timeout:g}s (server.body_timeout)")
+        raise RequestTimeoutError(f"{why}; send the whole body promptly",
+                                  headers={"connection": "close"}) from None
+    finally:
+        reads.waiting.discard(cm)
+
+
+async def _read(request: web.Request, max_body: int) -> bytes:
     length = request.content_length
     if length is not None:
         if not length:
@@ -109,15 +158,25 @@ def _check_messages(messages: object) -> None:
             raise _type_error(f"messages[{i}].content", "a string or an array of content parts")
 
 
-async def _parse(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
-    if not ctx.raw and not ctx.body:  # run_pipeline callers may hand in a parsed body
-        _check_content_type(ctx.http)
-        ctx.raw = await read_body(ctx.http, ctx.table.server.max_body)
-        ctx.body = parse_body(ctx.raw, ctx.endpoint)
-    ctx.model = ctx.body["model"]
-    ctx.stream = bool(ctx.body.get("stream"))
-    return await nxt(ctx)
-
-
 def make_stage(app: web.Application) -> Stage:
-    return _parse
+    reads = app.get(BODY_READS) or BodyReads()  # installed by the server app (ended on shutdown)
+
+    async def parse(ctx: RequestContext, nxt: Next) -> web.StreamResponse:
+        if not ctx.raw and not ctx.body:  # run_pipeline callers may hand in a parsed body
+            http = ctx.http
+            _check_content_type(http)
+            server = ctx.table.server
+            if http.content.is_eof():  # fast path: the whole body came with the headers
+                ctx.raw = await _read(http, server.max_body)
+            else:  # the client is still sending: bounded, and its time is not router overhead
+                start = time.perf_counter()
+                try:
+                    ctx.raw = await read_body(http, server.max_body, server.body_timeout, reads)
+                finally:
+                    ctx.client_seconds = time.perf_counter() - start
+            ctx.body = parse_body(ctx.raw, ctx.endpoint)
+        ctx.model = ctx.body["model"]
+        ctx.stream = bool(ctx.body.get("stream"))
+        return await nxt(ctx)
+
+    return parse

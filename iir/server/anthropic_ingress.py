@@ -19,7 +19,7 @@ from aiohttp import web
 from iir.backends.anthropic_openai import AnthropicEgress, to_openai_request
 from iir.errors import BadRequestError, IIRError, PermissionDeniedError, UnsupportedMediaTypeError
 from iir.pipeline.auth import presented_key, resolve_key
-from iir.pipeline.parse import read_body
+from iir.pipeline.parse import BODY_READS, read_body
 from iir.policies.runtime import POLICIES
 from iir.policies.tokens import TokenCounter
 from iir.server.handlers import error_response, request_id, run_pipeline
@@ -31,7 +31,8 @@ __all__ = ["handle_count_tokens", "handle_messages", "setup"]
 async def _anthropic_body(request: web.Request) -> dict[str, object]:
     if "content-type" in request.headers and not request.content_type.endswith("json"):
         raise UnsupportedMediaTypeError(f"content type {request.content_type!r} is not supported; send application/json")
-    raw = await read_body(request, request.app[TABLE_STATE].table.server.max_body)
+    server = request.app[TABLE_STATE].table.server
+    raw = await read_body(request, server.max_body, server.body_timeout, request.app.get(BODY_READS))
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from iir.errors import IIRError, ModelNotFoundError
 from iir.pipeline.chain import RESOURCES, STAGES, Resource, StageFactory, build_chain
+from iir.pipeline.parse import BODY_READS, BodyReads
 from iir.pipeline.services import CURRENT_TABLE, SERVICES
 from iir.policies.runtime import POLICIES
 from iir.server import anthropic_ingress, metrics_api
@@ -88,6 +89,14 @@ def create_app(state: TableState, *, stages: Sequence[StageFactory] = STAGES,
     app = web.Application(middlewares=[boundary], client_max_size=1024 * 1024)
     app[TABLE_STATE] = state
     app[CURRENT_TABLE] = lambda: state.table
+    app[BODY_READS] = BodyReads()
+
+    async def end_body_reads(app: web.Application) -> None:
+        # runs before the drain: a client still sending its body gets 408 now instead of
+        # holding the shutdown for up to drain_timeout
+        app[BODY_READS].end()
+
+    app.on_shutdown.append(end_body_reads)
     metrics_api.setup(app, state)
     for resource in resources:
         app.cleanup_ctx.append(resource)

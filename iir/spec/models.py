@@ -86,6 +86,7 @@ class Server(_Model):
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port (SO_REUSEPORT).")
     max_body: Size = Field(4 * 1024 * 1024, description="Largest accepted request body (e.g. `4MiB`); larger bodies get 413.")
     drain_timeout: Duration = Field(30.0, description="On SIGTERM/Ctrl-C, how long in-flight requests may finish before exit.")
+    body_timeout: Duration = Field(30.0, gt=0, description="How long a client may take to send its request body once its headers have arrived; a slower or stalled upload gets 408 `request_timeout`. On SIGTERM/Ctrl-C, requests still sending their body get 408 at once.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging settings.")
 
     @field_validator("listen")
