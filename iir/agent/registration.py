@@ -40,6 +40,12 @@ class Backoff:
         self.attempt = 0
 
 
+def _report_death(task: asyncio.Task[None]) -> None:
+    """Registration must never end silently: an unexpected error is logged with its cause."""
+    if not task.cancelled() and (e := task.exception()) is not None:
+        log.error("registration stopped by an unexpected error: %s: %s", type(e).__name__, e)
+
+
 class RegistrationClient:
     """Keeps one agent registered with one router for as long as it runs."""
 
@@ -61,6 +67,7 @@ class RegistrationClient:
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         self._task = asyncio.create_task(self._run(), name="iir-agent-registration")
+        self._task.add_done_callback(_report_death)
 
     async def stop(self, *, deregister: bool = True) -> None:
         """Stop heartbeating and deregister (best effort, bounded in time). ``deregister=False``
