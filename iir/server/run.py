@@ -11,6 +11,7 @@ import gc
 import ipaddress
 import logging
 import os
+import re
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,12 +35,20 @@ log = logging.getLogger("iir.server")
 MAX_LINE = 128 * 1024
 
 
+#: A credential header in aiohttp's parser errors, which quote the offending header line.
+_CREDENTIAL_LINE = re.compile(r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key|x-goog-api-key|cookie)(\s*:\s*)"
+                              r"[^'\"\n]*")
+
+
 class _QuietParserLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """aiohttp's protocol logger, minus tracebacks for malformed client requests."""
+    """aiohttp's protocol logger, minus tracebacks for malformed client requests, and minus
+    the credential a malformed header line may carry (the router's own secrets are masked by
+    the log formatter; a client's unknown key is not known to it)."""
 
     def exception(self, msg: object, *args: Any, exc_info: Any = True, **kw: Any) -> None:
         err = exc_info if isinstance(exc_info, BaseException) else None
-        self.warning("%s: %s", str(msg) % args if args else msg, err or "bad request")
+        text = f"{str(msg) % args if args else msg}: {err or 'bad request'}"
+        self.warning("%s", _CREDENTIAL_LINE.sub(r"\1\2***", text))
 
 
 @dataclass

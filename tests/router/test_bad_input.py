@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
@@ -165,6 +166,25 @@ async def test_model_listing_needs_a_key_and_shows_what_it_may_use(srv, sdk):
     assert (await ci.models.retrieve("local/small")).owned_by == "up"
     with pytest.raises(openai.NotFoundError):
         await ci.models.retrieve("gpt-test")
+
+
+@pytest.mark.parametrize("header", [b"Authorization: Bearer sk-proj-UNKNOWN-4242\x01",
+                                    b"x-api-key: sk-proj-UNKNOWN-4242\x01"])
+async def test_malformed_credential_header_is_not_logged(srv, caplog, header):
+    """aiohttp's parser error quotes the bad header line: a client's key must not reach the log."""
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nContent-Length: 2\r\n\r\n{}")
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert b" 400 " in status
+    for _ in range(100):
+        if any(r.name == "iir.http" for r in caplog.records):
+            break
+        await asyncio.sleep(0.01)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Invalid header value" in text and "UNKNOWN-4242" not in text and "***" in text
 
 
 async def test_keys_never_logged(srv, caplog):
