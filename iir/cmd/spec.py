@@ -159,10 +159,15 @@ def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str]:
     return headers
 
 
-def _request_body(model: str | None, prompt: str | None, request: str | None, tools: bool, images: bool) -> dict[str, Any]:
+def _request_body(model: str | None, prompt: str | None, request: str | None, tools: bool, images: bool,
+                  max_body: int | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if request is not None:
         try:
+            size = Path(request).stat().st_size
+            if max_body is not None and size > max_body:  # what the router answers, without reading it all
+                raise click.BadParameter(f"{request} is {size} bytes; server.max_body is {max_body} bytes, so the "
+                                         "router answers 413 request_too_large", param_hint="--request")
             loaded = orjson.loads(Path(request).read_bytes())
         except OSError as e:
             raise click.BadParameter(f"cannot read {request}: {e.strerror or e}", param_hint="--request") from None
@@ -269,7 +274,7 @@ def explain(model: str | None, prompt: str | None, request: str | None, headers:
     built = build_or_exit(spec_path)
     table = built.table
     key = _client_key(built, key_name)
-    body = _request_body(model, prompt, request, tools, images)
+    body = _request_body(model, prompt, request, tools, images, table.server.max_body)
     features = features_from_body(body, headers=_parse_headers(headers), key_name=key_name)
     features = dataclasses.replace(features, prompt_tokens=count_prompt_tokens(body, features.model))
     # the auth stage refuses a declared model the key may not use, before any routing

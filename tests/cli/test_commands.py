@@ -116,6 +116,10 @@ def test_explain_text_and_json(workdir: Path) -> None:
     assert run("explain", "-m", "auto", "-H", "novalue").exit_code == 2
     (workdir / "bad.json").write_text("[1]")
     assert run("explain", "-r", "bad.json").exit_code == 2
+    with (workdir / "huge.json").open("wb") as f:
+        f.truncate(50 * 1024 * 1024)
+    huge = run("explain", "-r", "huge.json")
+    assert huge.exit_code == 2 and "server.max_body is 4194304 bytes, so the router answers 413" in huge.stderr
 
 
 def test_explain_applies_the_client_keys_allow_list(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
