@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -83,8 +84,12 @@ def snapshots(db_path: str | None) -> None:
     """List the stored snapshots, newest first (* marks the active one)."""
     from iir.compile.registry import Registry, RegistryError  # sqlite-utils: imported only when needed
 
+    path = _db(db_path)
+    if not Path(path).exists():  # a listing creates nothing (as `iir agents list`)
+        click.echo(f"no snapshots: there is no registry at {path} (`iir compile` creates it)")
+        return
     try:
-        with Registry(_db(db_path)) as reg:
+        with Registry(path) as reg:
             for s in reg.snapshots():
                 click.echo(f"{'*' if s.active else ' '} {s.id:>4}  {s.created_at}  {s.digest[:12]}  {s.source_path}")
     except RegistryError as e:

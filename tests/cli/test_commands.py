@@ -211,6 +211,12 @@ def test_agents_list_without_a_registry_creates_none(workdir: Path) -> None:
     assert not (workdir / "iir.db").exists()
 
 
+def test_db_snapshots_without_a_registry_creates_none(workdir: Path) -> None:
+    result = run("db", "snapshots", "--db", "none.db")
+    assert result.exit_code == 0 and "no registry at none.db" in result.stdout
+    assert not (workdir / "none.db").exists()
+
+
 def test_run_demo_refuses_taken_ports_before_starting_anything(workdir: Path) -> None:
     """Something else on the agent's or the router's port would pass for the demo's own process."""
     import socket
