@@ -221,6 +221,8 @@ def _client_key(built: Built, name: str | None) -> ClientKey | None:
 
 _KEY_REASON = "allowed-by-key: "  # as iir.pipeline.select.KEY_FILTER
 _CONTEXT_REASON = "prompt ("  # iir.plugins.matching's context-window verdict
+# iir.plugins.matching's verdicts for what the request is (the router answers 400 when all are)
+_REQUEST_BOUND = (_CONTEXT_REASON, "does not support tools", "does not support image input")
 
 
 def _key_filter(cands: tuple[CandidateVerdict, ...], model: str, key: ClientKey | None) -> tuple[CandidateVerdict, ...]:
@@ -248,6 +250,8 @@ def _status(refused: str | None, route: Route | None, cands: tuple[CandidateVerd
         return 200
     if cands and all(c.reason.startswith(_KEY_REASON) for c in cands):
         return 403  # the select stage: this key may use none of the route's backends
+    if cands and all(c.reason.startswith(_REQUEST_BOUND) for c in cands):
+        return 400  # the select stage: dropped for what the request is (size, tools, images)
     return 503
 
 
@@ -313,6 +317,10 @@ def explain(model: str | None, prompt: str | None, request: str | None, headers:
             elif status == 403:
                 click.echo(f"no candidate left: client key {key_name!r} may use none of these backends' models: "
                            "the router answers 403 model_not_allowed")
+            elif status == 400:
+                click.echo("no candidate can take this request (its size or what it needs): "
+                           "the router answers 400 " + ("context_length_exceeded" if all(
+                               c.reason.startswith(_CONTEXT_REASON) for c in cands) else "unsupported_request"))
             elif not any(c.kept for c in cands):
                 agents = any(c.name == AGENTS_TARGET and c.backend is None for c in cands)
                 click.echo("no candidate left" + (" unless a registered agent is live" if agents else "")

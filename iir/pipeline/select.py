@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from iir.backends.base import Adapter
-from iir.errors import NoBackendError, PermissionDeniedError
+from iir.errors import BadRequestError, NoBackendError, PermissionDeniedError
 from iir.pipeline.context import Candidate, Next, RequestContext, Stage
 from iir.pipeline.route import model_not_found
 from iir.pipeline.services import SERVICES, LiveAgents
@@ -115,6 +115,24 @@ def select_candidates(ctx: RequestContext, live_agents: LiveAgents,
     return [Candidate(c.backend, kept=c.kept, reason=c.reason, score=c.score) for c in chosen.candidates]
 
 
+#: Drop reasons that come from the request itself (its size or what it needs), not from the
+#: state of the backends: when every candidate has one, no retry can succeed.
+_CONTEXT = "context-window:"
+REQUEST_BOUND = (_CONTEXT, "capability:", "no tools capability", "does not serve /")
+
+
+def unservable(ctx: RequestContext) -> BadRequestError:
+    """Every candidate was dropped for what the request is: a 400 (as OpenAI), not a 503 that
+    SDKs would retry in vain. All for the context window: ``context_length_exceeded``."""
+    why = "; ".join(f"{c.backend.name}: {c.reason}" for c in ctx.candidates)
+    route = ctx.route.name if ctx.route else "?"
+    too_long = all(c.reason.startswith(_CONTEXT) for c in ctx.candidates)
+    what = "is too long for" if too_long else "needs what none offers of"
+    return BadRequestError(f"this request for model {ctx.model!r} {what} the backends of route {route!r} ({why})",
+                           param="messages" if too_long else None,
+                           code="context_length_exceeded" if too_long else "unsupported_request")
+
+
 def no_backend(ctx: RequestContext) -> NoBackendError:
     why = "; ".join(f"{c.backend.name}: {c.reason}" for c in ctx.candidates) or "the route has no backends"
     route = ctx.route.name if ctx.route else "?"
@@ -134,6 +152,8 @@ def make_stage(app: web.Application) -> Stage:
                 raise PermissionDeniedError(
                     f"this API key may not use model {ctx.model!r}: it may not use the models of "
                     f"the backends of route {ctx.route.name if ctx.route else '?'!r}", param="model")
+            if ctx.candidates and all(c.reason.startswith(REQUEST_BOUND) for c in ctx.candidates):
+                raise unservable(ctx)
             raise no_backend(ctx)
         return await nxt(ctx)
 

@@ -112,6 +112,12 @@ def test_explain_text_and_json(workdir: Path) -> None:
     assert by_model["route"] == "by-model" and by_model["candidates"][0]["backend"] == "openai"
     nothing = run("explain", "-m", "auto", "-p", "word " * 2000)
     assert "2. laptop: dropped (prompt (" in nothing.stdout and "no candidate left" in nothing.stdout
+    assert "503 no_backend_available" in nothing.stdout  # openai is unconfigured: state, not the request
+    # every candidate dropped for what the request is: the router answers 400, as explain says
+    tools = json.loads(run("explain", "-m", "tiny-demo", "-p", "hi", "--tools", "--format", "json").stdout)
+    assert tools["status"] == 400 and tools["candidates"][0]["reason"] == "does not support tools"
+    too_long = run("explain", "-m", "tiny-demo", "-p", "word " * 2000)
+    assert "the router answers 400 context_length_exceeded" in too_long.stdout
     assert run("explain", "-p", "no model").exit_code == 2
     assert run("explain", "-m", "auto", "-H", "novalue").exit_code == 2
     (workdir / "bad.json").write_text("[1]")

@@ -163,19 +163,55 @@ async def test_agent_error_mid_stream_raises_in_sdk(setup):
 
 async def test_agent_backend_refuses_tools_and_n_instead_of_dropping_them(setup):
     """The agent protocol carries neither tools nor several choices: a tools request skips the
-    agent (503 when nothing else serves it), n=2 is a 400; never a plain one-choice answer."""
+    agent (400 when nothing else can take it), n=2 is a 400; never a plain one-choice answer."""
     _, _, agent, client = setup
     seen = len(agent.requests)
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-    with pytest.raises(openai.APIStatusError) as e:
+    with pytest.raises(openai.BadRequestError) as e:
         await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], tools=tools)
-    assert e.value.status_code == 503 and "laptop" in e.value.message and "tools" in e.value.message
+    assert "laptop" in e.value.message and "tools" in e.value.message and e.value.code == "unsupported_request"
     with pytest.raises(openai.BadRequestError) as bad:
         await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], n=2)
     assert bad.value.body["param"] == "n" and bad.value.body["code"] == "unsupported_parameter"
     assert len(agent.requests) == seen  # neither reached the agent
     ok = await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], n=1)
     assert len(ok.choices) == 1
+
+
+async def test_request_no_backend_can_ever_take_is_a_400_not_a_retryable_503(upstreams, router):
+    """Dropped for what the request is (too long for every context window, needs images): 400,
+    which SDKs do not retry; a backend dropped for its state (unconfigured) keeps the 503."""
+    up = await upstreams()
+    srv = await router(CONTEXT_SPEC.format(up=up.url))
+    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="unused", max_retries=0)
+    try:
+        with pytest.raises(openai.BadRequestError) as e:
+            await client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}],
+                                                 max_tokens=5000)
+        assert e.value.code == "context_length_exceeded" and e.value.param == "messages"
+        image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+        with pytest.raises(openai.BadRequestError) as e:
+            await client.chat.completions.create(model="small", messages=[{"role": "user", "content": image}])
+        assert e.value.code == "unsupported_request" and "images" in e.value.message
+        with pytest.raises(openai.InternalServerError) as busy:  # unconfigured: state, not the request
+            await client.chat.completions.create(model="keyless", messages=[{"role": "user", "content": "hi"}])
+        assert busy.value.status_code == 503
+        assert up.requests == []  # none of them reached the upstream
+    finally:
+        await client.close()
+
+
+CONTEXT_SPEC = """
+version: 1
+state: {{registry: "{{registry}}"}}
+backends:
+  up: {{kind: openai-compatible, url: "{up}", models: [small], context_window: 1000}}
+  nokey: {{kind: openai, api_key: "${{NOPE_UNSET_KEY:-}}", models: [keyless]}}
+routes:
+  - name: by-model
+    match: {{model: "*"}}
+    to: by-model
+"""
 
 
 async def test_stream_passthrough_bytes_unchanged_except_model(setup):
