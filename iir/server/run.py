@@ -22,6 +22,7 @@ from aiohttp import web
 
 from iir import __version__
 from iir.observability.logging import log_startup
+from iir.policies.runtime import POLICIES
 from iir.server.app import create_app
 from iir.server.reload import sighup_reload
 from iir.server.state import TableState, build_and_persist
@@ -117,6 +118,8 @@ async def start(spec: str | Path, *, host: str | None = None, port: int | None =
                 backends={n: "ok" if b.configured else f"unconfigured: {b.unconfigured_reason}"
                           for n, b in table.backends.items()},
                 worker=int(index) if reuse_port and index and index.isdigit() else None)
+    if (policies := app.get(POLICIES)) is not None:
+        policies.warm_tokens(table)  # tiktoken, in a thread, when an OpenAI-family model is served
     return RunningServer(runner, state, bound)
 
 
