@@ -21,6 +21,7 @@ from aiohttp import web
 from iir.compile.build import Built, build_table
 from iir.compile.registry import Registry, RegistryError
 from iir.errors import ConfigError, Diagnostic
+from iir.spec.models import Server as ServerSpec
 from iir.table import RoutingTable
 
 __all__ = ["TABLE_STATE", "ReloadReport", "TableState", "build_and_persist"]
@@ -60,6 +61,10 @@ class ReloadReport:
                 "diagnostics": [d.to_dict() | {"text": str(d)} for d in self.diagnostics]}
 
 
+#: server.* settings fixed when the listener starts; a reload reports a change as a warning.
+_RESTART_ONLY = ("listen", "workers", "drain_timeout")
+
+
 @dataclass
 class TableState:
     """One process's current build plus reload bookkeeping (stored on the app)."""
@@ -72,10 +77,26 @@ class TableState:
     persist: bool = True
     on_report: list[OnReport] = field(default_factory=list)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _started: ServerSpec = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._started = self.built.loaded.spec.server  # what the listener was started with
 
     @property
     def table(self) -> RoutingTable:
         return self.built.table
+
+    def _restart_only(self, built: Built) -> tuple[Diagnostic, ...]:
+        """Warnings for server settings a reload cannot apply (the listener is already running)."""
+        new = built.loaded.spec.server
+        out = []
+        for name in _RESTART_ONLY:
+            before, after = getattr(self._started, name), getattr(new, name)
+            if before != after:
+                out.append(built.loaded.source_map.diag(
+                    ("server", name), f"changed from {before!r} to {after!r}: takes effect when the router "
+                    f"restarts (this process keeps {before!r})", severity="warning"))
+        return tuple(out)
 
     async def reload(self, trigger: str) -> ReloadReport:
         """Rebuild from the spec file; swap only if it is valid and different."""
@@ -92,7 +113,7 @@ class TableState:
                 if changed:
                     self.built, self.loaded_at = built, time.time()  # the swap: one reference
                 report = ReloadReport(True, trigger, time.time(), time.perf_counter() - start,
-                                      built.table.digest, changed, built.warnings)
+                                      built.table.digest, changed, (*built.warnings, *self._restart_only(built)))
             self.last = report
             for hook in self.on_report:
                 hook(report)

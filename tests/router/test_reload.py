@@ -117,6 +117,20 @@ async def test_deleted_spec_is_logged_and_serving_goes_on(two, caplog):
     assert srv.state.table.digest != old and srv.state.last is not None and srv.state.last.ok
 
 
+async def test_restart_only_server_settings_are_reported_not_silently_ignored(two):
+    srv, _write = two
+    text = srv.state.path.read_text()
+    srv.state.path.write_text(text.replace("version: 1\n", "version: 1\nserver: {listen: '127.0.0.1:1', workers: 2}\n"))
+    report = await srv.state.reload("admin")
+    assert report.ok
+    warned = {d.path: d for d in report.diagnostics if d.severity == "warning"}
+    assert {"server.listen", "server.workers"} <= warned.keys()
+    assert "takes effect when the router restarts" in warned["server.listen"].message
+    assert warned["server.listen"].line == 2
+    async with aiohttp.ClientSession() as s, s.post(base(srv) + "/v1/chat/completions", json=CHAT) as r:
+        assert r.status == 200  # still listening where it started
+
+
 async def test_yaml_syntax_error_reported_with_position(two):
     srv, _write = two
     srv.state.path.write_text("version: 1\nbackends: {a: [\n")
