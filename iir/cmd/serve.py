@@ -45,7 +45,7 @@ def _port_free_or_exit(host: str, port: int) -> None:
 @click.option("--spec", "spec", default="iir.yaml", show_default=True, type=click.Path(dir_okay=False),
               help="The spec file to serve (reloaded when it changes, on SIGHUP and POST /admin/reload).")
 @click.option("--host", default=None, help="Address to bind (default: server.listen of the spec).")
-@click.option("--port", default=None, type=int, help="Port to bind (default: server.listen of the spec).")
+@click.option("--port", default=None, type=click.IntRange(0, 65535), help="Port to bind (default: server.listen of the spec).")
 @click.option("--workers", default=None, type=click.IntRange(1, 64),
               help="Worker processes sharing the port via SO_REUSEPORT (default: server.workers).")
 @click.option("--worker", is_flag=True, hidden=True, help="Internal: run as one worker of a supervisor.")

@@ -217,6 +217,12 @@ def test_agents_list_without_a_registry_creates_none(workdir: Path) -> None:
     assert not (workdir / "iir.db").exists()
 
 
+def test_serve_refuses_a_port_out_of_range(workdir: Path) -> None:
+    """--port 70000 used to listen on 4464 (70000 mod 65536)."""
+    result = run("serve", "--port", "70000")
+    assert result.exit_code == 2 and "0<=x<=65535" in result.output
+
+
 def test_db_snapshots_without_a_registry_creates_none(workdir: Path) -> None:
     result = run("db", "snapshots", "--db", "none.db")
     assert result.exit_code == 0 and "no registry at none.db" in result.stdout
