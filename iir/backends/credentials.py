@@ -12,10 +12,12 @@ mangle ordinary words and are no real credential).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 from iir.table import Backend
 
-__all__ = ["MASK", "MIN_SECRET", "backend_secrets", "mask_secrets", "mask_secrets_bytes"]
+__all__ = ["MASK", "MIN_SECRET", "backend_secrets", "mask_secrets", "mask_secrets_bytes", "redact_url",
+           "url_password"]
 
 MIN_SECRET = 6
 MASK = "***"
@@ -26,12 +28,33 @@ PUBLIC_HEADERS = frozenset({
 })
 
 
+def url_password(url: str) -> str | None:
+    """The password of a ``scheme://user:password@host/...`` URL, if it has one."""
+    try:
+        return urlsplit(url).password or None
+    except ValueError:
+        return None
+
+
+def redact_url(url: str, replacement: str = MASK) -> str:
+    """``url`` with its userinfo password (if any) replaced: what the registry and /admin show."""
+    if "@" not in url or url_password(url) is None:
+        return url
+    parts = urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{replacement}@{hostport}"))
+
+
 def backend_secrets(backend: Backend) -> tuple[str, ...]:
     """Every credential value ``backend`` sends upstream (longest first, so a ``Bearer <t>``
     value is masked whole before its token)."""
     found: set[str] = set()
     if backend.api_key:
         found.add(backend.api_key)
+    password = url_password(backend.base_url)
+    if password:
+        found.add(password)
     for name, value in backend.headers:
         if name.lower() in PUBLIC_HEADERS or not value:
             continue

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from iir import table as t
-from iir.backends.credentials import PUBLIC_HEADERS
+from iir.backends.credentials import PUBLIC_HEADERS, redact_url, url_password
 from iir.spec import models as m
 from iir.spec.presets import PRESETS
 from iir.spec.units import parse_duration
@@ -201,7 +201,8 @@ def table_to_dict(table: t.RoutingTable, *, secrets: str = "omit") -> dict[str, 
 
     def backend(b: t.Backend) -> dict[str, Any]:
         return {
-            "name": b.name, "kind": b.kind, "protocol": b.protocol, "base_url": b.base_url,
+            "name": b.name, "kind": b.kind, "protocol": b.protocol,
+            "base_url": redact_url(b.base_url, sec(url_password(b.base_url)) or ""),  # basic-auth password
             "models": list(b.models), "model_map": dict(b.model_map), "api_key": sec(b.api_key),
             # header values may be credentials (x-api-key, Authorization: Bearer ...): only
             # the known public ones (protocol versions, attribution) are kept as written

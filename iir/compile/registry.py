@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from iir.backends.credentials import redact_url
 from iir.compile.compiler import table_to_dict
 from iir.table import RoutingTable
 
@@ -215,7 +216,8 @@ class Registry:
             self.db.execute(f"DELETE FROM {name}")
         self.db.table("backends").insert_all([
             {"snapshot_id": snap_id, "name": b.name, "position": i, "kind": b.kind, "protocol": b.protocol,
-             "base_url": b.base_url, "models": _json(list(b.models)), "context_window": b.context_window,
+             "base_url": redact_url(b.base_url, "<set>"), "models": _json(list(b.models)),
+             "context_window": b.context_window,
              "max_inflight": b.max_inflight, "capabilities": _json(sorted(b.capabilities)), "weight": b.weight,
              "configured": int(b.configured), "unconfigured_reason": b.unconfigured_reason}
             for i, b in enumerate(table.backends.values())])

@@ -10,6 +10,7 @@ import os
 import orjson
 from aiohttp import web
 
+from iir.backends.credentials import redact_url
 from iir.errors import AuthenticationError, PermissionDeniedError
 from iir.pipeline.auth import admin_allowed, presented_key
 from iir.pipeline.services import SERVICES
@@ -52,7 +53,7 @@ async def status(request: web.Request) -> web.Response:
         s = health.stats(name)
         return {"circuit": s.state, "inflight": s.inflight}
 
-    backends = [{"name": b.name, "kind": b.kind, "protocol": b.protocol, "url": b.base_url, "models": list(b.models),
+    backends = [{"name": b.name, "kind": b.kind, "protocol": b.protocol, "url": redact_url(b.base_url), "models": list(b.models),
                  "state": "configured" if b.configured else "unconfigured",
                  "reason": b.unconfigured_reason or None, "health": circuit(b.name)}
                 for b in table.backends.values()]

@@ -72,6 +72,25 @@ def test_secrets_never_reach_the_file(tmp_path: Path) -> None:
     assert headers == {"x-gateway-token": "<set>", "Authorization": "<set>", "X-Title": "my-app"}  # public stays
 
 
+def test_a_password_in_a_backend_url_never_reaches_the_file(tmp_path: Path) -> None:
+    """basic auth in the URL (a vLLM behind nginx): stored and shown as <set>, still used to
+    connect, and a changed password is a changed digest."""
+    text = SPEC.replace('url: "http://10.0.0.5:8000/v1"', 'url: "http://ops:${VLLM_PW}@10.0.0.5:8000/v1"')
+    built = _built(text, {**ENV, "VLLM_PW": "pw-SECRET-2468"})
+    assert built.table.backends["gpu-box"].base_url == "http://ops:pw-SECRET-2468@10.0.0.5:8000/v1"
+    with Registry(tmp_path / "iir.db") as reg:
+        reg.persist(built.table, built.loaded.text)
+        active = reg.active_snapshot()
+        rows = {r["name"]: r for r in reg.rows("backends")}
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"pw-SECRET-2468" not in raw
+    assert active is not None and active.compiled["backends"][1]["base_url"] == "http://ops:<set>@10.0.0.5:8000/v1"
+    assert rows["gpu-box"]["base_url"] == "http://ops:<set>@10.0.0.5:8000/v1"
+    assert rows["laptop"]["base_url"] == "http://127.0.0.1:5000"  # no userinfo: unchanged
+    assert _built(text, {**ENV, "VLLM_PW": "pw-SECRET-1357"}).table.digest != built.table.digest
+    assert _built().table.digest != built.table.digest
+
+
 def test_new_snapshot_replaces_rows_and_keeps_history(tmp_path: Path) -> None:
     with Registry(tmp_path / "iir.db") as reg:
         first = _built()

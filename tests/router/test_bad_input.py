@@ -187,6 +187,16 @@ async def test_malformed_credential_header_is_not_logged(srv, caplog, header):
     assert "Invalid header value" in text and "UNKNOWN-4242" not in text and "***" in text
 
 
+async def test_admin_shows_no_password_of_a_backend_url(upstreams, router):
+    up = await upstreams()
+    with_auth = up.url.replace("http://", "http://ops:pw-SECRET-8642@")
+    srv = await router(SPEC.format(up=with_auth), env=ENV)
+    async with aiohttp.ClientSession() as s, s.get(base(srv) + "/admin/",
+                                                   headers={"authorization": "Bearer admin-secret-1"}) as r:
+        text = await r.text()
+    assert r.status == 200 and "pw-SECRET-8642" not in text and "ops:***@" in text
+
+
 async def test_keys_never_logged(srv, caplog):
     caplog.set_level(logging.DEBUG)
     await _post(base(srv), GOOD)
