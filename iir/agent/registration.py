@@ -56,7 +56,7 @@ class RegistrationClient:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.registration = registration
         self._load = load
-        self.interval = interval
+        self.interval = self._configured_interval = interval
         self._backoff = backoff or Backoff()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.agent_id: str | None = None
@@ -109,12 +109,22 @@ class RegistrationClient:
                 reason = f"HTTP {status}: {message}" if status >= 300 else f"HTTP {status} without an agent id"
             if 200 <= status < 300 and data.get("id"):
                 self.agent_id = str(data["id"])
+                self._follow_router_timeout(data.get("heartbeat_timeout"))
                 self.registered.set()
                 log.info("registered with %s as %s", self.router_url, self.agent_id)
                 return
             delay = self._backoff.next()
             log.warning("registration with %s failed: %s; retrying in %.1f s", self.router_url, reason, delay)
             await asyncio.sleep(delay)
+
+    def _follow_router_timeout(self, timeout: object) -> None:
+        """Heartbeat at least three times per the router's ``heartbeat_timeout`` (sent back on
+        /register): a fixed 10 s interval made a healthy agent flap stale/live under a 5 s one."""
+        self.interval = self._configured_interval
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0 \
+                and self.interval > timeout / 3:
+            self.interval = max(0.1, timeout / 3)
+            log.info("heartbeating every %.1f s (the router's heartbeat timeout is %g s)", self.interval, timeout)
 
     async def _run(self) -> None:
         await self._register()

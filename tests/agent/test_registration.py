@@ -157,6 +157,20 @@ async def test_graceful_stop_deregisters(start_agent: StartAgent, routers: list[
         assert reg.list_agents() == []
 
 
+async def test_agent_heartbeats_within_the_routers_timeout(start_agent: StartAgent, routers: list[LocalRouter],
+                                                           tmp_path: Path) -> None:
+    """The router's heartbeat_timeout (1.5 s here) is shorter than the agent's configured
+    interval (10 s): the agent follows the router (the timeout comes back on /register) and
+    stays live instead of going stale between heartbeats."""
+    router = await LocalRouter(tmp_path, timeout="1.5s").start()
+    routers.append(router)
+    agent = await start_agent(router_url=router.url, token=AGENT_TOKEN, heartbeat_interval=10)
+    await eventually(lambda: _registered(agent))
+    assert agent.registration is not None and agent.registration.interval == 0.5
+    await asyncio.sleep(3)  # two timeouts: without heartbeats it would be stale by now
+    assert len(router.live_agents()) == 1
+
+
 async def _register(router: LocalRouter, body: dict[str, object], token: str | None) -> tuple[int, dict]:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     async with aiohttp.ClientSession() as s, s.post(f"{router.url}/register", json=body, headers=headers) as r:
@@ -245,7 +259,7 @@ async def test_least_loaded_follows_the_queue_lengths_agents_report_in_heartbeat
         start_agent: StartAgent, routers: list[LocalRouter], tmp_path: Path) -> None:
     """Heartbeats carry each agent's queue length; a `least-loaded` route sends the next request
     to the agent reporting the shorter queue, and follows when the reports change."""
-    router = await LocalRouter(tmp_path, timeout="60s", strategy="least-loaded").start()
+    router = await LocalRouter(tmp_path, timeout="600s", strategy="least-loaded").start()  # no own heartbeats
     routers.append(router)
     # heartbeats from the agents' own loops would report 0: far apart, the test sends its own
     a = await start_agent(router_url=router.url, token=AGENT_TOKEN, heartbeat_interval=3600)
