@@ -77,6 +77,11 @@ def _check_backends(spec: m.Spec, smap: SourceMap, env: Mapping[str, str], diags
                 diags.append(_warn(smap, ("backends", name, "price", model),
                                    f"price for {model!r}, which this backend does not list{did_you_mean(model, b.models)}",
                                    key=True))
+        extra = sorted(set(b.capabilities) - {"json"}) if b.kind == "agent" else []
+        if extra and "capabilities" in b.model_fields_set:
+            diags.append(_warn(smap, ("backends", name, "capabilities"),
+                               f"an agent backend cannot take {' or '.join(extra)} (the agent protocol carries "
+                               f"text only): requests needing it skip {name!r}"))
         preset = PRESETS[b.kind]
         from_env = env.get(preset.url_env) if b.url is None and preset.url_env else None
         if from_env and (problem := m.url_problem(from_env)):

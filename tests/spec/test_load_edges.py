@@ -119,3 +119,19 @@ routes:
 def test_did_you_mean() -> None:
     assert did_you_mean("urll", ["url", "models"]) == " (did you mean 'url'?)"
     assert did_you_mean("zzz", ["url", "models"]) == ""
+
+
+def test_agent_backend_declaring_tools_or_images_is_warned() -> None:
+    """The agent protocol carries text only: compile drops tools/images from an agent backend,
+    and validate says so where the user wrote them."""
+    from iir.compile.build import build_text
+
+    text = ("version: 1\nbackends:\n"
+            "  laptop: {kind: agent, url: 'http://127.0.0.1:5000', models: [m], capabilities: [tools, json]}\n"
+            "  plain: {kind: agent, url: 'http://127.0.0.1:5001', models: [m]}\n"
+            "routes:\n  - {name: r, match: {model: '*'}, to: by-model}\n")
+    built = build_text(text, "x.yaml", {})
+    warned = [str(w) for w in built.warnings if "capabilities" in w.path]
+    assert warned == ["x.yaml:3:82 backends.laptop.capabilities: warning: an agent backend cannot take tools (the "
+                      "agent protocol carries text only): requests needing it skip 'laptop'"]
+    assert built.table.backends["laptop"].capabilities == frozenset({"json"})
