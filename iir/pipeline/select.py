@@ -67,6 +67,8 @@ def _drop_reason(ctx: RequestContext, backend: Backend, adapters: Mapping[str, A
         return f"does not serve /{ctx.endpoint}"
     if "tools" not in backend.capabilities and (ctx.body.get("tools") or ctx.body.get("functions")):
         return "no tools capability"
+    if backend.protocol == "agent" and isinstance(n := ctx.body.get("n"), int) and n > 1:
+        return f"one choice only (n={n})"  # the agent protocol answers one completion
     return ""
 
 
@@ -118,7 +120,7 @@ def select_candidates(ctx: RequestContext, live_agents: LiveAgents,
 #: Drop reasons that come from the request itself (its size or what it needs), not from the
 #: state of the backends: when every candidate has one, no retry can succeed.
 _CONTEXT = "context-window:"
-REQUEST_BOUND = (_CONTEXT, "capability:", "no tools capability", "does not serve /")
+REQUEST_BOUND = (_CONTEXT, "capability:", "no tools capability", "does not serve /", "one choice only")
 
 
 def unservable(ctx: RequestContext) -> BadRequestError:

@@ -172,7 +172,7 @@ async def test_agent_backend_refuses_tools_and_n_instead_of_dropping_them(setup)
     assert "laptop" in e.value.message and "tools" in e.value.message and e.value.code == "unsupported_request"
     with pytest.raises(openai.BadRequestError) as bad:
         await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], n=2)
-    assert bad.value.body["param"] == "n" and bad.value.body["code"] == "unsupported_parameter"
+    assert bad.value.body["code"] == "unsupported_request" and "n=2" in bad.value.message
     assert len(agent.requests) == seen  # neither reached the agent
     ok = await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], n=1)
     assert len(ok.choices) == 1
@@ -211,6 +211,34 @@ routes:
   - name: by-model
     match: {{model: "*"}}
     to: by-model
+"""
+
+
+async def test_n_above_one_skips_the_agent_and_falls_back(upstreams, router):
+    up, agent = await upstreams(), await upstreams("agent")
+    srv = await router(N_SPEC.format(up=up.url, agent=agent.url))
+    client = openai.AsyncOpenAI(base_url=base(srv) + "/v1", api_key="unused", max_retries=0)
+    try:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "hi"}], n=2)
+        assert raw.headers["x-iir-backend"] == "up" and "laptop!one choice only (n=2)" in raw.headers["x-iir-route"]
+        one = await client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "hi"}])
+        assert one.headers["x-iir-backend"] == "laptop"
+    finally:
+        await client.close()
+
+
+N_SPEC = """
+version: 1
+state: {{registry: "{{registry}}"}}
+backends:
+  laptop: {{kind: agent, url: "{agent}", models: [tiny]}}
+  up: {{kind: openai-compatible, url: "{up}", models: [gpt-test]}}
+routes:
+  - name: auto
+    match: {{model: auto}}
+    to: [laptop, up]
 """
 
 
