@@ -121,6 +121,9 @@ def run_demo(spec_file: str) -> None:
     _require_free("127.0.0.1", agent_port, "the demo agent", f"the laptop backend's url in {spec_file}")
     _require_free(table.server.host, table.server.port, "the router", f"server.listen in {spec_file}")
     procs: list[subprocess.Popen[bytes]] = []
+    # a hangup (terminal closed, SSH dropped) stops the demo like Ctrl-C: by default it would kill
+    # this process and the agent but leave the router (which reloads on SIGHUP) running orphaned
+    signal.signal(signal.SIGHUP, signal.default_int_handler)
     try:
         click.echo(f"==> starting the demo agent on {agent_url} (first run builds the tiny model)", err=True)
         procs.append(subprocess.Popen([sys.executable, "-m", "iir", "agent", "--demo", "--port", str(agent_port)]))
@@ -130,7 +133,7 @@ def run_demo(spec_file: str) -> None:
         _wait_http(f"{router_url}/healthz", procs[1], "the router", 120)
         click.echo(DEMO_BANNER.format(router=router_url, agent=agent_url))
         stopping: list[int] = []
-        for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C also reaches the children: exit quietly
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # Ctrl-C also reaches the children: exit quietly
             signal.signal(sig, lambda signum, _frame: stopping.append(signum))
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)

@@ -5,6 +5,7 @@ In the default suite (about 15 s: two Python processes start), so `make test` pr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -24,7 +25,10 @@ pytestmark = pytest.mark.timeout(900)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_run_demo_serves_a_real_answer_and_stops_both(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["ctrl-c", "hangup"])
+def test_run_demo_serves_a_real_answer_and_stops_both(tiny_model_dir: Path, tmp_path: Path, stop: str) -> None:
+    """Ctrl-C to run-demo, or a hangup (terminal closed: SIGHUP to the whole process group, which
+    the router alone would take as "reload") stops the agent and the router, exit 0."""
     agent_port, router_port = free_port(), free_port()
     spec = (REPO / "iir.yaml").read_text()
     spec = spec.replace("127.0.0.1:5000", f"127.0.0.1:{agent_port}").replace(
@@ -35,7 +39,8 @@ def test_run_demo_serves_a_real_answer_and_stops_both(tiny_model_dir: Path, tmp_
     for var in ("ROUTER_URL", "EXTERNAL_OPENAI_KEY", "IIR_AGENT_TOKEN"):
         env.pop(var, None)
     proc = subprocess.Popen([sys.executable, "-m", "iir", "run-demo", "--spec", str(tmp_path / "iir.yaml")],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)  # its own process group, as in a terminal
     lines: list[str] = []
     up = threading.Event()
 
@@ -56,7 +61,10 @@ def test_run_demo_serves_a_real_answer_and_stops_both(tiny_model_dir: Path, tmp_
             chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi!"}],
                                                   temperature=0)
             assert chat.choices[0].message.content == DEMO_ANSWER
-        proc.send_signal(signal.SIGINT)
+        if stop == "ctrl-c":
+            proc.send_signal(signal.SIGINT)
+        else:
+            os.killpg(proc.pid, signal.SIGHUP)
         assert proc.wait(timeout=60) == 0
         for port in (agent_port, router_port):
             with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -65,3 +73,5 @@ def test_run_demo_serves_a_real_answer_and_stops_both(tiny_model_dir: Path, tmp_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # an orphaned child (the bug this guards)
+            os.killpg(proc.pid, signal.SIGKILL)
