@@ -77,8 +77,13 @@ async def _open(ctx: RequestContext, services: Services, backend: Backend, up: U
     """Send the request; returns once response headers arrived. Failures are retryable."""
     t = backend.timeouts
     start = time.perf_counter()
+    connector, token = services.connector, None
     try:
-        async with asyncio.timeout(min(t.connect + t.first_byte, t.total)):
+        # Until the connection is up: connect + first_byte (connect itself is bounded by aiohttp);
+        # the connector then moves the deadline to first_byte from sending the request.
+        async with asyncio.timeout(min(t.connect + t.first_byte, t.total)) as deadline:
+            if connector is not None:
+                token = connector.first_byte.set((deadline, t.first_byte))
             return await services.http.request(up.method, up.url, data=up.body, headers=up.headers,
                                                timeout=_client_timeout(services, t), allow_redirects=False)
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
@@ -93,6 +98,8 @@ async def _open(ctx: RequestContext, services: Services, backend: Backend, up: U
         raise _Retry(UpstreamError(f"backend {backend.name!r} failed: {e or type(e).__name__}",
                                    retryable=True)) from None
     finally:
+        if token is not None and connector is not None:
+            connector.first_byte.reset(token)
         attempt.seconds = time.perf_counter() - start
         ctx.upstream_seconds += attempt.seconds
 
