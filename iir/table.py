@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 __all__ = [
+    "AGENT_CAPABILITIES",
     "AgentPolicy",
     "AuthTable",
     "Backend",
@@ -29,6 +30,11 @@ __all__ = [
     "Timeouts",
     "compile_globs",
 ]
+
+#: What a backend of kind ``agent`` (static or registered) can take: the agent protocol
+#: (``/infer``) carries plain text in and out, so requests needing tools, image input or JSON
+#: mode (``response_format``) must skip it, whatever capabilities it declares.
+AGENT_CAPABILITIES: frozenset[str] = frozenset()
 
 
 

@@ -59,7 +59,9 @@ class AgentConfig(_Model):
     advertise_url: str | None = Field(None, description="URL the router uses to reach this agent (IIR_AGENT_URL).")
     name: str | None = Field(None, description="Display name in `iir agents list` (default: host:port).")
     heartbeat_interval: float = Field(10.0, gt=0, description="Seconds between heartbeats (IIR_HEARTBEAT_INTERVAL).")
-    capabilities: list[Literal["tools", "images", "json"]] = Field(["json"], description="What the agent supports.")
+    capabilities: list[Literal["tools", "images", "json"]] = Field(
+        [], description="Capabilities reported at registration. The router gives agents none (tools, images and "
+        "JSON-mode requests skip them): the agent protocol carries plain text only.")
     vllm: VllmSettings = Field(default_factory=VllmSettings, description="Settings of the `vllm` engine.")
 
     @field_validator("device")

@@ -68,15 +68,10 @@ def _backend(name: str, b: m.SelfHostedBackend | m.CloudBackend, env: Mapping[st
     )
 
 
-#: What the agent protocol (``/infer``) can carry: text in, text out. Tool definitions and image
-#: parts never reach an agent, so a tools or image request must skip it rather than be answered
-#: as if they were not there (a registered agent reports the same, default ``[json]``).
-_AGENT_CAPABILITIES = frozenset({"json"})
-
-
 def _capabilities(b: m.SelfHostedBackend | m.CloudBackend) -> frozenset[str]:
+    """Kind agent keeps only what the agent protocol carries (none: no tools, images, JSON mode)."""
     caps = frozenset(b.capabilities)
-    return caps & _AGENT_CAPABILITIES if b.kind == "agent" else caps
+    return caps & t.AGENT_CAPABILITIES if b.kind == "agent" else caps
 
 
 def _match(mt: m.Match) -> t.Match:

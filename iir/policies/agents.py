@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import orjson
 from redis.exceptions import RedisError
 
-from iir.table import Backend
+from iir.table import AGENT_CAPABILITIES, Backend
 
 __all__ = [
     "AgentDirectory",
@@ -88,7 +88,7 @@ class AgentEntry:
     def backend(self) -> Backend:
         return Backend(name=BACKEND_PREFIX + self.id, kind="agent", protocol="agent", base_url=self.url.rstrip("/"),
                        models=self.models, context_window=self.context_window,
-                       capabilities=frozenset(self.capabilities), dynamic=True)
+                       capabilities=frozenset(self.capabilities) & AGENT_CAPABILITIES, dynamic=True)
 
 
 @dataclass(frozen=True, slots=True)

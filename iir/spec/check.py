@@ -32,6 +32,7 @@ from iir.spec import models as m
 from iir.spec.diagnose import did_you_mean
 from iir.spec.load import LoadedSpec, SourceMap
 from iir.spec.presets import PRESETS
+from iir.table import AGENT_CAPABILITIES
 
 __all__ = ["SPECIAL_TARGETS", "VIRTUAL_MODELS", "check_spec"]
 
@@ -77,10 +78,12 @@ def _check_backends(spec: m.Spec, smap: SourceMap, env: Mapping[str, str], diags
                 diags.append(_warn(smap, ("backends", name, "price", model),
                                    f"price for {model!r}, which this backend does not list{did_you_mean(model, b.models)}",
                                    key=True))
-        extra = sorted(set(b.capabilities) - {"json"}) if b.kind == "agent" else []
+        extra = [c for c in ("tools", "images", "json") if c in b.capabilities and c not in AGENT_CAPABILITIES
+                 ] if b.kind == "agent" else []
         if extra and "capabilities" in b.model_fields_set:
+            what = " or ".join("JSON mode" if c == "json" else c for c in extra)
             diags.append(_warn(smap, ("backends", name, "capabilities"),
-                               f"an agent backend cannot take {' or '.join(extra)} (the agent protocol carries "
+                               f"an agent backend cannot take {what} (the agent protocol carries "
                                f"text only): requests needing it skip {name!r}"))
         preset = PRESETS[b.kind]
         from_env = env.get(preset.url_env) if b.url is None and preset.url_env else None

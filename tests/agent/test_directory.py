@@ -39,7 +39,8 @@ async def _exercise(directory: AgentDirectory) -> None:
         assert [b.name for b in snap.candidates(None, 30)] == ["agents/127.0.0.1:5000", "agents/127.0.0.1:5001"]
         backend = snap.candidates("tiny-demo", 30)[0]
         assert backend.dynamic and backend.protocol == "agent" and backend.base_url == "http://127.0.0.1:5000"
-        assert backend.context_window == 512 and backend.capabilities == frozenset({"json"})
+        # the agent claims json, but the agent protocol carries plain text: the router gives it none
+        assert backend.context_window == 512 and backend.capabilities == frozenset()
 
         await asyncio.sleep(0.3)
         assert directory.snapshot().candidates("tiny-demo", 0.2) == ()  # stale: heartbeat older than timeout

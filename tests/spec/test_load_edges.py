@@ -122,7 +122,7 @@ def test_did_you_mean() -> None:
 
 
 def test_agent_backend_declaring_tools_or_images_is_warned() -> None:
-    """The agent protocol carries text only: compile drops tools/images from an agent backend,
+    """The agent protocol carries text only: compile drops tools/images/json from an agent backend,
     and validate says so where the user wrote them."""
     from iir.compile.build import build_text
 
@@ -132,6 +132,6 @@ def test_agent_backend_declaring_tools_or_images_is_warned() -> None:
             "routes:\n  - {name: r, match: {model: '*'}, to: by-model}\n")
     built = build_text(text, "x.yaml", {})
     warned = [str(w) for w in built.warnings if "capabilities" in w.path]
-    assert warned == ["x.yaml:3:82 backends.laptop.capabilities: warning: an agent backend cannot take tools (the "
+    assert warned == ["x.yaml:3:82 backends.laptop.capabilities: warning: an agent backend cannot take tools or JSON mode (the "
                       "agent protocol carries text only): requests needing it skip 'laptop'"]
-    assert built.table.backends["laptop"].capabilities == frozenset({"json"})
+    assert built.table.backends["laptop"].capabilities == frozenset()
