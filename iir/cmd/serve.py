@@ -83,7 +83,7 @@ def serve(spec: str, host: str | None, port: int | None, workers: int | None, wo
     except ImportError:
         runner = asyncio.run  # type: ignore[assignment]
     try:
-        sys.exit(runner(serve_forever(path, host=host, port=port, reuse_port=worker)))
+        sys.exit(runner(serve_forever(path, host=host, port=port, reuse_port=worker, workers=n)))
     except OSError as e:  # at start-up: the address is taken, not available or not allowed
         _cannot_listen(host, port, e)
 

@@ -87,8 +87,11 @@ def announce(table: RoutingTable, host: str) -> None:
 
 
 async def start(spec: str | Path, *, host: str | None = None, port: int | None = None, reuse_port: bool = False,
-                env: Mapping[str, str] | None = None, watch: bool = True, persist: bool = True) -> RunningServer:
-    """Load the spec (raises ConfigError), build the app and listen. Port 0 picks a free port."""
+                env: Mapping[str, str] | None = None, watch: bool = True, persist: bool = True,
+                workers: int | None = None) -> RunningServer:
+    """Load the spec (raises ConfigError), build the app and listen. Port 0 picks a free port.
+    ``workers``: how many processes serve this port (``iir serve --workers``; default server.workers),
+    for the startup log."""
     path = Path(spec)
     built = await asyncio.to_thread(build_and_persist, path, dict(env if env is not None else os.environ),
                                     persist=persist)
@@ -113,8 +116,8 @@ async def start(spec: str | Path, *, host: str | None = None, port: int | None =
     if runner.addresses:
         bound = runner.addresses[0][1]
     index = os.environ.get("IIR_WORKER_INDEX")
-    log_startup(log, version=__version__, listen=f"{host}:{bound}", workers=table.server.workers, spec=str(path),
-                digest=table.digest, open_auth=table.auth.open,
+    log_startup(log, version=__version__, listen=f"{host}:{bound}", workers=workers or table.server.workers,
+                spec=str(path), digest=table.digest, open_auth=table.auth.open,
                 backends={n: "ok" if b.configured else f"unconfigured: {b.unconfigured_reason}"
                           for n, b in table.backends.items()},
                 worker=int(index) if reuse_port and index and index.isdigit() else None)
@@ -123,9 +126,10 @@ async def start(spec: str | Path, *, host: str | None = None, port: int | None =
     return RunningServer(runner, state, bound)
 
 
-async def serve_forever(spec: str | Path, *, host: str | None, port: int | None, reuse_port: bool = False) -> int:
+async def serve_forever(spec: str | Path, *, host: str | None, port: int | None, reuse_port: bool = False,
+                        workers: int | None = None) -> int:
     """Serve until SIGTERM/SIGINT; reload on SIGHUP. Returns the exit status (0 after a drain)."""
-    running = await start(spec, host=host, port=port, reuse_port=reuse_port)
+    running = await start(spec, host=host, port=port, reuse_port=reuse_port, workers=workers)
     # The garbage collector was ~15% of a worker's CPU under load: every full collection walked
     # the tens of thousands of start-up objects (modules, spec, table), and the young generation
     # filled every few requests. Start-up objects go to the permanent generation (never scanned

@@ -22,9 +22,9 @@ __all__ = ["supervise"]
 log = logging.getLogger("iir.workers")
 
 
-def _spawn(spec: Path, host: str, port: int, index: int) -> subprocess.Popen[bytes]:
+def _spawn(spec: Path, host: str, port: int, index: int, workers: int) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "iir", "serve", "--spec", str(spec), "--host", host, "--port", str(port),
-           "--worker"]
+           "--workers", str(workers), "--worker"]  # --workers: what the worker's startup log reports
     env = dict(os.environ, IIR_WORKER_INDEX=str(index))
     return subprocess.Popen(cmd, env=env)
 
@@ -32,7 +32,7 @@ def _spawn(spec: Path, host: str, port: int, index: int) -> subprocess.Popen[byt
 def supervise(spec: Path, host: str, port: int, workers: int, drain_timeout: float,
               on_exit: Callable[[int], None] | None = None) -> int:
     """Run ``workers`` processes until SIGTERM/SIGINT; returns the exit status."""
-    procs = [_spawn(spec, host, port, i) for i in range(workers)]
+    procs = [_spawn(spec, host, port, i, workers) for i in range(workers)]
     log.info("iir supervisor pid %d: %d workers on %s:%d (pids %s)", os.getpid(), workers, host, port,
              " ".join(str(p.pid) for p in procs))
     stopping: list[int] = []
@@ -54,7 +54,7 @@ def supervise(spec: Path, host: str, port: int, workers: int, drain_timeout: flo
                 log.error("worker %d (pid %d) exited with %s; restarting", i, p.pid, p.returncode)
                 if on_exit is not None:
                     on_exit(p.pid)
-                procs[i] = _spawn(spec, host, port, i)
+                procs[i] = _spawn(spec, host, port, i, workers)
                 last_restart = time.monotonic()
     deadline = time.monotonic() + drain_timeout + 5
     status = 0

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import orjson
 
 from tests.conftest import free_port
 
@@ -120,6 +121,11 @@ async def test_two_workers_serve_one_port_and_both_reload(upstreams, tmp_path):
     finally:
         rc = _stop(proc)
     assert rc == 0
+    # each worker's startup log tells the real worker count (--workers 2; the spec says nothing,
+    # so server.workers is 1) and its own index
+    assert proc.stdout is not None
+    startups = [orjson.loads(line) for line in proc.stdout.read().splitlines() if b'"event":"startup"' in line]
+    assert sorted((e["workers"], e["worker"]) for e in startups) == [(2, 0), (2, 1)], startups
 
 
 async def test_sighup_reloads_and_sigterm_drains_in_flight(upstreams, tmp_path):
