@@ -26,6 +26,7 @@ import fnmatch
 import ipaddress
 import re
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 
 from iir.errors import Diagnostic
 from iir.spec import models as m
@@ -44,7 +45,8 @@ def check_spec(loaded: LoadedSpec, env: Mapping[str, str]) -> list[Diagnostic]:
     """Every semantic error and warning of a loaded spec, sorted by position."""
     spec, smap = loaded.spec, loaded.source_map
     diags: list[Diagnostic] = []
-    _check_backends(spec, smap, env, diags)
+    unset = {p[1] for p, _ in loaded.unset_env if len(p) >= 2 and p[0] == "backends"}
+    _check_backends(spec, smap, env, diags, unset)
     _check_routes(spec, smap, diags)
     _check_shadowing(spec, smap, diags)
     _check_auth(spec, smap, diags)
@@ -66,7 +68,8 @@ def _warn(smap: SourceMap, path: tuple[str | int, ...], msg: str, *, key: bool =
     return smap.diag(path, msg, key=key, severity="warning")
 
 
-def _check_backends(spec: m.Spec, smap: SourceMap, env: Mapping[str, str], diags: list[Diagnostic]) -> None:
+def _check_backends(spec: m.Spec, smap: SourceMap, env: Mapping[str, str], diags: list[Diagnostic],
+                    unset: AbstractSet[str | int] = frozenset()) -> None:
     for name, b in spec.backends.items():
         for model in b.model_map:
             if model not in b.models:
@@ -91,7 +94,8 @@ def _check_backends(spec: m.Spec, smap: SourceMap, env: Mapping[str, str], diags
             diags.append(smap.diag(("backends", name), f"{preset.url_env} (the URL of backend {name!r}) {problem}"))
         if b.url is None and preset.base_url is None and not (preset.url_env and env.get(preset.url_env)):
             diags.append(_warn(smap, ("backends", name), f"backend {name!r} has no URL (set `url` or {preset.url_env}); it will be skipped"))
-        elif isinstance(b, m.CloudBackend) and b.api_key is None and not (preset.key_env and env.get(preset.key_env)):
+        elif (isinstance(b, m.CloudBackend) and b.api_key is None and not (preset.key_env and env.get(preset.key_env))
+              and name not in unset):  # a lenient load already warned: "NAME is not set"
             diags.append(_warn(smap, ("backends", name), f"backend {name!r} has no API key (set {preset.key_env}); it will be skipped"))
 
 

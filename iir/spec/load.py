@@ -5,6 +5,14 @@ Every problem becomes a :class:`~iir.errors.Diagnostic` with ``file:line:col`` a
 path; all are collected and raised together in one :class:`~iir.errors.ConfigError`, sorted by
 position. Findings that do not stop loading (a secret written literally in the file) are
 returned as warnings on :class:`LoadedSpec`.
+
+Environment modes: ``strict`` (``serve``, ``compile``, ``validate``) makes an undefined ``${VAR}``
+without a default an error. ``lenient`` is for offline tools (``models``, ``explain``, ``export``,
+``validate --allow-missing-env``) run where production secrets are absent: an undefined variable
+becomes one warning per variable. In a secret field it expands to nothing (the value is unset, as
+``${VAR:-}`` would give, so a backend counts as unconfigured); anywhere else to a marked
+placeholder (:data:`PLACEHOLDER_PREFIX`, e.g. ``http://iir-unset-LLMD_ENDPOINT.invalid``), never to
+a real-looking value. :attr:`LoadedSpec.unset_env` lists where each one was used.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import warnings as _warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 from ruamel.yaml import YAML
@@ -30,8 +38,9 @@ from iir.errors import ConfigError, Diagnostic
 from iir.spec.diagnose import dotted, pydantic_diagnostics
 from iir.spec.models import Spec
 
-__all__ = ["MAX_SPEC_BYTES", "MAX_SPEC_NODES", "SECRET_KEYS", "LoadedSpec", "SourceMap", "dotted",
-           "load_spec", "load_text", "parse_yaml"]
+__all__ = ["ENV_MODES", "MAX_SPEC_BYTES", "MAX_SPEC_NODES", "PLACEHOLDER_PREFIX", "SECRET_KEYS", "EnvMode",
+           "LoadedSpec", "SourceMap", "dotted", "load_spec", "load_text", "parse_yaml", "placeholders_in",
+           "unset_env_warnings"]
 
 MAX_SPEC_BYTES = 5 * 1024 * 1024
 MAX_SPEC_NODES = 1_000_000  # values after alias expansion: guards against "billion laughs"
@@ -41,6 +50,12 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _URL_PASSWORD = re.compile(r"://[^/@\s]*:[^/@\s]+@")
 _DUP = re.compile(r'found duplicate key "(.*?)" with value')
 Path_ = tuple[str | int, ...]
+EnvMode = Literal["strict", "lenient"]
+ENV_MODES: tuple[EnvMode, ...] = ("strict", "lenient")
+#: Start of the value a lenient load gives an undefined non-secret variable: ``iir-unset-NAME.invalid``
+#: (``.invalid`` is reserved, RFC 2606: it can never resolve). Case-insensitive, as URL hosts are.
+PLACEHOLDER_PREFIX = "iir-unset-"
+_PLACEHOLDER = re.compile(re.escape(PLACEHOLDER_PREFIX) + r"([A-Za-z_][A-Za-z0-9_]*)\.invalid", re.IGNORECASE)
 
 
 @dataclass
@@ -85,15 +100,30 @@ class LoadedSpec:
     source_map: SourceMap
     text: str
     warnings: tuple[Diagnostic, ...] = ()
+    #: Lenient loads only: ``(path, variable)`` for every undefined variable a value used.
+    unset_env: tuple[tuple[Path_, str], ...] = ()
+
+
+_UNSET_WARNING = re.compile(r"[A-Za-z_][A-Za-z0-9_]* is not set; ")
+
+
+def unset_env_warnings(diags: tuple[Diagnostic, ...] | list[Diagnostic]) -> list[Diagnostic]:
+    """The lenient load's "NAME is not set; ..." warnings among ``diags``."""
+    return [d for d in diags if d.severity == "warning" and _UNSET_WARNING.match(d.message)]
+
+
+def placeholders_in(text: str) -> list[str]:
+    """Names of the variables whose lenient-load placeholder appears in ``text`` (upper-cased)."""
+    return list(dict.fromkeys(m.group(1).upper() for m in _PLACEHOLDER.finditer(text)))
 
 
 def _sort(diags: list[Diagnostic]) -> list[Diagnostic]:
     return sorted(diags, key=lambda d: (d.file, d.line, d.col, d.path, d.message))
 
 
-def load_spec(path: str | Path, env: Mapping[str, str]) -> LoadedSpec:
+def load_spec(path: str | Path, env: Mapping[str, str], missing_env: EnvMode = "strict") -> LoadedSpec:
     """Read and validate a spec file. Raises :class:`ConfigError` with every diagnostic."""
-    return load_text(read_spec_bytes(path), str(path), env)
+    return load_text(read_spec_bytes(path), str(path), env, missing_env)
 
 
 def read_spec_bytes(path: str | Path) -> bytes:
@@ -117,8 +147,8 @@ def read_spec_text(path: str | Path) -> str:
     return _decode(read_spec_bytes(path), str(path))
 
 
-def load_text(data: bytes | str, name: str, env: Mapping[str, str]) -> LoadedSpec:
-    """Validate spec text (bytes are decoded as strict UTF-8)."""
+def load_text(data: bytes | str, name: str, env: Mapping[str, str], missing_env: EnvMode = "strict") -> LoadedSpec:
+    """Validate spec text (bytes are decoded as strict UTF-8). ``missing_env``: see the module doc."""
     text = _decode(data, name) if isinstance(data, bytes) else data
     if len(text) > MAX_SPEC_BYTES:
         raise ConfigError([Diagnostic(name, 1, 1, "", f"the spec is larger than {MAX_SPEC_BYTES} bytes")])
@@ -136,7 +166,7 @@ def load_text(data: bytes | str, name: str, env: Mapping[str, str]) -> LoadedSpe
     _check_expansion(tree, smap)
     diags: list[Diagnostic] = []
     warnings: list[Diagnostic] = []
-    walker = _Walker(smap, env, diags, warnings, text)
+    walker = _Walker(smap, env, diags, warnings, text, lenient=missing_env == "lenient")
     plain = walker.walk(tree, ())
     if not isinstance(plain, dict):
         raise ConfigError([smap.diag((), "the spec must be a mapping with `version`, `backends` and `routes`")])
@@ -144,10 +174,21 @@ def load_text(data: bytes | str, name: str, env: Mapping[str, str]) -> LoadedSpe
         spec = Spec.model_validate(plain)
     except ValidationError as e:
         skip = {path for path in walker.unset}
-        diags.extend(pydantic_diagnostics(e, Spec, plain, smap.locate, name, skip))
+        found = pydantic_diagnostics(e, Spec, plain, smap.locate, name, skip)
+        # Lenient: where a placeholder did not fit its field, the variable is needed after all;
+        # report it (not the placeholder) as the strict load would.
+        needed = [d for d in walker.deferred if any(_within(d.path, f.path) for f in found)]
+        at = {d.path for d in needed}
+        diags.extend(f for f in found if f.path not in at)
+        diags.extend(needed)
     if diags:
         raise ConfigError(_sort(diags))
-    return LoadedSpec(spec, smap, text, tuple(_sort(warnings)))
+    return LoadedSpec(spec, smap, text, tuple(_sort(warnings)), tuple(walker.unset_env))
+
+
+def _within(path: str, ancestor: str) -> bool:
+    """Whether dotted ``path`` is ``ancestor`` or below it."""
+    return path == ancestor or not ancestor or path.startswith((f"{ancestor}.", f"{ancestor}["))
 
 
 def _decode(data: bytes, name: str) -> str:
@@ -198,10 +239,14 @@ class _Walker:
     """ruamel tree → plain Python, filling the source map, expanding ${VAR}, spotting literal secrets."""
 
     def __init__(self, smap: SourceMap, env: Mapping[str, str], diags: list[Diagnostic],
-                 warnings: list[Diagnostic], text: str = "") -> None:
+                 warnings: list[Diagnostic], text: str = "", *, lenient: bool = False) -> None:
         self.smap, self.env, self.diags, self.warnings = smap, env, diags, warnings
         self.lines = text.splitlines()
+        self.lenient = lenient
         self.unset: list[Path_] = []
+        self.unset_env: list[tuple[Path_, str]] = []
+        self.deferred: list[Diagnostic] = []  # lenient: the strict errors, reported if validation fails
+        self.warned: set[str] = set()
         self.too_deep = False
 
     def walk(self, node: Any, path: Path_) -> Any:
@@ -252,11 +297,33 @@ class _Walker:
             return len(path) >= 2 and path[-2] == "keys"  # auth.keys[i].key
         return key in SECRET_KEYS
 
+    @staticmethod
+    def _is_secret_path(path: Path_) -> bool:
+        if not path or not isinstance(path[-1], str):
+            return False
+        key = path[-1]
+        if len(path) >= 2 and path[-2] == "headers":
+            return key.lower() in SECRET_HEADERS
+        if key == "key":
+            return len(path) >= 3 and path[-3] == "keys"  # auth.keys[i].key
+        return key in SECRET_KEYS
+
+    @staticmethod
+    def _placeholder(var: str, path: Path_, at_start: bool) -> str:
+        """A value that can never be mistaken for a real one (and, at the start of a URL field,
+        still parses as a URL whose host cannot resolve)."""
+        name = f"{PLACEHOLDER_PREFIX}{var}.invalid"
+        key = path[-1] if path and isinstance(path[-1], str) else ""
+        if at_start and (key == "url" or key.endswith("_url")):
+            return ("redis://" if key == "redis_url" else "http://") + name
+        return name
+
     def _scalar(self, value: str, path: Path_) -> str | None:
         if "${" not in value:
             return value
         self.smap.from_env.add(path)
         missing: list[tuple[str, int]] = []
+        secret = self.lenient and self._is_secret_path(path)
 
         def sub(m: re.Match[str]) -> str:
             var, default = m.group(1), m.group(2)
@@ -265,14 +332,26 @@ class _Walker:
             if default is not None:
                 return default
             missing.append((var, m.start()))
-            return ""
+            if not self.lenient or secret:
+                return ""
+            return self._placeholder(var, path, m.start() == 0)
 
         result = _VAR.sub(sub, value)
         for var, offset in missing:
-            self.unset.append(path)
             line, col = self._column_of(path, f"${{{var}", offset)
-            self.diags.append(Diagnostic(self.smap.file, line, col, dotted(path),
-                                         f"environment variable {var} is not set (write ${{{var}:-default}} to make it optional)"))
+            error = Diagnostic(self.smap.file, line, col, dotted(path),
+                               f"environment variable {var} is not set (write ${{{var}:-default}} to make it optional)")
+            if not self.lenient:
+                self.unset.append(path)
+                self.diags.append(error)
+                continue
+            self.unset_env.append((path, var))
+            self.deferred.append(error)
+            if var not in self.warned:  # one warning per variable, at its first use
+                self.warned.add(var)
+                how = "left empty (a secret)" if secret else f"using the placeholder {self._placeholder(var, path, offset == 0)!r}"
+                self.warnings.append(Diagnostic(self.smap.file, line, col, dotted(path),
+                                                f"{var} is not set; {how}", "warning"))
         if "${" in _VAR.sub("", value):
             self.unset.append(path)  # like an unset variable: no follow-up errors about this value
             self.diags.append(self.smap.diag(path, "malformed ${...}: write ${NAME} or ${NAME:-default}"))
