@@ -12,6 +12,7 @@ from iir.cmd import CONTEXT_SETTINGS
 from iir.compile.build import Built, build_table
 from iir.errors import ConfigError
 from iir.export import CHARTS, compose_env, helm_values, inventory, inventory_host, inventory_list
+from iir.spec.load import placeholders_in, unset_env_warnings
 
 __all__ = ["commands"]
 
@@ -24,15 +25,25 @@ def _spec_path(spec: str | None) -> str:
 
 
 def _build(spec: str | None) -> Built:
+    """Load leniently: exports name secrets by their variable and never need their values."""
     try:
-        return build_table(_spec_path(spec), os.environ)
+        built = build_table(_spec_path(spec), os.environ, "lenient")
     except ConfigError as e:
         for d in e.diagnostics:
             click.echo(str(d), err=True)
         sys.exit(1)
+    for d in unset_env_warnings(built.warnings):
+        click.echo(str(d), err=True)
+    return built
 
 
 def _emit(text: str, output: str | None) -> None:
+    # An undefined variable's placeholder must never be deployed: refuse when the output needs its value.
+    needed = placeholders_in(text)
+    if needed:
+        click.echo(f"cannot export: the output needs the value of {', '.join(needed)}, which is not set "
+                   "(set it, or give it a ${VAR:-default} in the spec)", err=True)
+        sys.exit(1)
     if output is None:
         click.echo(text, nl=False)
         return
@@ -53,7 +64,9 @@ def export() -> None:
     """Deployment files derived from the spec: Ansible inventory, Helm values, Compose env.
 
     Secret values are never written: secrets are named by the environment variable the spec
-    reads them from. Like `iir validate`, the spec is loaded with the current environment.
+    reads them from. The spec is loaded with the current environment, but production secrets
+    need not be set: an undefined ${VAR} is a warning, and only an output that would need its
+    value (e.g. an agent host written as ${VAR}) is refused.
     """
 
 

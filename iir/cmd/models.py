@@ -5,6 +5,9 @@ parts are kept byte-for-byte), validates the result with the full config pipelin
 then replaces the file atomically. A file that does not load is not edited (its diagnostics are
 printed, as by ``iir validate``); an invalid result is refused and the file is left alone. A
 running router picks the change up through hot reload.
+
+The spec is loaded leniently (see :mod:`iir.spec.load`): editing needs no production secret, an
+undefined ``${VAR}`` is a warning, and the file keeps its ``${VAR}`` text (edits are textual).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from iir.cmd.spec import DEFAULT_SPEC, SPEC_ARG, build_or_exit, echo_diagnostics
 from iir.compile.build import build_text
 from iir.errors import ConfigError
 from iir.spec.edit import SpecEditError, add_model, remove_model, update_model, write_atomically
-from iir.spec.load import read_spec_text
+from iir.spec.load import read_spec_text, unset_env_warnings
 
 __all__ = ["commands"]
 
@@ -33,7 +36,10 @@ SPEC_OPTION = click.option("--spec", "spec_path", default=DEFAULT_SPEC, show_def
 
 @click.group(context_settings=dict(CONTEXT_SETTINGS))
 def models() -> None:
-    """List and edit the models of iir.yaml (edits keep comments and formatting)."""
+    """List and edit the models of iir.yaml (edits keep comments and formatting).
+
+    Needs no production secret: an undefined ${VAR} is a warning (its backend is listed as
+    unconfigured) and the file keeps its ${VAR} references as written."""
 
 
 @models.command("list")
@@ -41,7 +47,7 @@ def models() -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def list_models(spec_path: str, fmt: str) -> None:
     """List every model a backend declares: backend, kind, upstream name, context window, price."""
-    table = build_or_exit(spec_path).table
+    table = build_or_exit(spec_path, "lenient").table
     rows: list[dict[str, Any]] = []
     for b in table.backends.values():
         for name in b.models:
@@ -75,7 +81,8 @@ def _apply(spec_path: str, edit: Callable[[str], str], done: str) -> None:
         echo_diagnostics(e.diagnostics)
         sys.exit(1)
     try:  # edits start from a spec that loads: otherwise its own diagnostics, as `iir validate` prints them
-        build_text(text, spec_path, os.environ)
+        before = build_text(text, spec_path, os.environ, "lenient")
+        echo_diagnostics(unset_env_warnings(before.warnings))
     except ConfigError as e:
         echo_diagnostics(e.diagnostics)
         sys.exit(1)
@@ -85,7 +92,7 @@ def _apply(spec_path: str, edit: Callable[[str], str], done: str) -> None:
         click.echo(f"{spec_path}: {e}", err=True)
         sys.exit(1)
     try:
-        built = build_text(new_text, spec_path, os.environ)
+        built = build_text(new_text, spec_path, os.environ, "lenient")
     except ConfigError as e:
         click.echo(f"{spec_path}: refusing to write an invalid spec; the edit would cause:", err=True)
         echo_diagnostics(e.diagnostics)

@@ -21,8 +21,9 @@ from iir.errors import ConfigError, Diagnostic
 from iir.plugins.matching import AGENTS_TARGET, CandidateVerdict, candidates, features_from_body, match_route
 from iir.plugins.selection import NoHealth, SelectionRequest, filter_allowed_by_key
 from iir.spec.diagnose import did_you_mean
+from iir.spec.load import EnvMode
 from iir.spec.schema import spec_json_schema_text, spec_markdown
-from iir.table import ClientKey, Route, RoutingTable
+from iir.table import ClientKey, Route, RoutingTable, compile_globs
 
 __all__ = ["DEFAULT_SPEC", "SPEC_ARG", "build_or_exit", "commands", "count_prompt_tokens", "echo_diagnostics"]
 
@@ -35,10 +36,11 @@ def echo_diagnostics(diags: list[Diagnostic] | tuple[Diagnostic, ...]) -> None:
         click.echo(str(d), err=True)
 
 
-def build_or_exit(path: str) -> Built:
-    """Build or exit 1 with the diagnostics on stderr."""
+def build_or_exit(path: str, missing_env: EnvMode = "strict") -> Built:
+    """Build or exit 1 with the diagnostics on stderr (warnings too, when it builds).
+    ``missing_env="lenient"`` for offline tools: see :mod:`iir.spec.load`."""
     try:
-        built = build_table(path, os.environ)
+        built = build_table(path, os.environ, missing_env)
     except ConfigError as e:
         echo_diagnostics(e.diagnostics)
         sys.exit(1)
@@ -58,15 +60,21 @@ def _annotation(d: Diagnostic) -> str:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
               help="text: one `file:line:col path: message` per line on stderr; json: one report on stdout; "
                    "github: GitHub Actions annotations on stdout.")
-def validate(files: tuple[str, ...], fmt: str) -> None:
+@click.option("--allow-missing-env", is_flag=True,
+              help="An undefined ${VAR} without default is a warning, not an error (CI on a machine without "
+                   "the production secrets). Without it, validate is as strict as `iir serve`.")
+def validate(files: tuple[str, ...], fmt: str, allow_missing_env: bool) -> None:
     """Check spec FILES (default iir.yaml) without serving: the same load, check and compile as
-    `iir serve`. Exit 0 when every file is valid (warnings allowed), 1 on any error."""
+    `iir serve`. Exit 0 when every file is valid (warnings allowed), 1 on any error.
+
+    By default an environment variable the spec needs (${VAR} without a default) must be set, as
+    on the machine that serves it; --allow-missing-env checks everything else where it is not."""
     failed = False
     report: list[dict[str, Any]] = []
     for f in files or (DEFAULT_SPEC,):
         digest: str | None = None
         try:
-            built = build_table(f, os.environ)
+            built = build_table(f, os.environ, "lenient" if allow_missing_env else "strict")
             diags = list(built.warnings)
             digest = built.table.digest
         except ConfigError as e:
@@ -212,6 +220,11 @@ def _client_key(built: Built, name: str | None) -> ClientKey | None:
     if name in keys:
         return keys[name]
     declared = [k.name for k in built.loaded.spec.auth.keys]
+    unset = {path for path, _ in built.loaded.unset_env}
+    for i, k in enumerate(built.loaded.spec.auth.keys):
+        if k.name == name and ("auth", "keys", i, "key") in unset:  # offline: its variable is not set here
+            return ClientKey(k.name, tuple(k.models), None if "*" in k.models else compile_globs(tuple(k.models)),
+                             tuple(k.limits))
     if name in declared:
         raise click.BadParameter(f"client key {name!r} is disabled: its value is empty (set its variable)",
                                  param_hint="--key")
@@ -272,10 +285,13 @@ def explain(model: str | None, prompt: str | None, request: str | None, headers:
             key_name: str | None, tools: bool, images: bool, spec_path: str, fmt: str) -> None:
     """Show how the router would route a request, without sending anything: which rule
     matched, why each earlier rule did not, and the candidate backends in fallback order with
-    why each is kept or dropped. Registered agents are not known offline."""
+    why each is kept or dropped. Registered agents are not known offline.
+
+    Runs without the production secrets: an undefined ${VAR} is a warning, and a backend that
+    needs one counts as unconfigured (dropped), as the router treats a backend without its key."""
     if prompt is not None and request is not None:
         raise click.UsageError("give --prompt or --request, not both")
-    built = build_or_exit(spec_path)
+    built = build_or_exit(spec_path, "lenient")
     table = built.table
     key = _client_key(built, key_name)
     body = _request_body(model, prompt, request, tools, images, table.server.max_body)

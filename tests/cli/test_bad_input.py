@@ -137,6 +137,8 @@ def test_every_bad_file_through_every_command(case: str, tmp_path: Path, monkeyp
         expected = _expected(case)
     before = (tmp_path / name).read_bytes()
     for command in EDITS:
+        if case == "undefined-var" and command[0] in ("models", "explain"):
+            continue  # offline tools load leniently: tests/cli/test_missing_env.py
         code, lines = _invoke([a.replace("{f}", name) for a in command], tmp_path, monkeypatch)
         assert code == 1, command
         assert lines == expected, command

@@ -255,11 +255,11 @@ def test_models_edit_never_overwrites_a_concurrent_save(workdir: Path, monkeypat
     real_build = models_cmd.build_text
     calls = []
 
-    def build_then_someone_saves(text: str, name: str, env):  # type: ignore[no-untyped-def]
+    def build_then_someone_saves(text: str, name: str, env, *mode):  # type: ignore[no-untyped-def]
         calls.append(name)
         if len(calls) == 2:  # while the edited text is being validated, another editor saves the file
             (workdir / "iir.yaml").write_text((workdir / "iir.yaml").read_text() + "# saved by someone else\n")
-        return real_build(text, name, env)
+        return real_build(text, name, env, *mode)
 
     monkeypatch.setattr(models_cmd, "build_text", build_then_someone_saves)
     result = run("models", "add", "qwen", "--backend", "laptop")
