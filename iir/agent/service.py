@@ -25,7 +25,7 @@ from aiohttp import web
 from iir.agent import protocol as p
 from iir.agent.config import AgentConfig
 from iir.agent.engine import Engine, GenerationResult, Prepared, QueueFullError
-from iir.errors import BadRequestError, IIRError, ModelNotFoundError
+from iir.errors import IIRError, ModelNotFoundError, PayloadTooLargeError
 
 __all__ = ["ENGINE", "STATE", "ServiceState", "create_app"]
 
@@ -101,10 +101,11 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The body, or a 400 naming the limit when it is larger (the excess is drained, not stored)."""
+    """The body, or a 413 ``request_too_large`` naming the limit when it is larger, like the router's
+    ``server.max_body`` (the excess is drained, not stored)."""
     if request.content_length is not None and request.content_length > _DISCARD_LIMIT:
-        raise BadRequestError(f"the request body is {request.content_length} bytes; this agent accepts at most "
-                              f"{limit} bytes (max_body)", code="request_too_large")
+        raise PayloadTooLargeError(f"the request body is {request.content_length} bytes; this agent accepts at most "
+                                   f"{limit} bytes (max_body)")
     chunks, size = [], 0
     async for chunk in request.content.iter_chunked(65536):
         size += len(chunk)
@@ -113,8 +114,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         elif size > _DISCARD_LIMIT:
             break
     if size > limit:
-        raise BadRequestError(f"the request body is {size} bytes; this agent accepts at most {limit} bytes "
-                              "(max_body)", code="request_too_large")
+        raise PayloadTooLargeError(f"the request body is {size} bytes; this agent accepts at most {limit} bytes "
+                                   "(max_body)")
     return b"".join(chunks)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import openai
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(600)  # the first test may build the tiny model
 
 
 async def _post(url: str, body: object, **kw: object) -> tuple[int, dict[str, object], dict[str, str]]:
-    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    data = orjson.dumps(body) if isinstance(body, dict | list) else body  # bytes or an async generator
     async with aiohttp.ClientSession() as s, s.post(url, data=data, headers={"Content-Type": "application/json"},
                                                     **kw) as r:
         return r.status, await r.json(content_type=None), dict(r.headers)
@@ -148,15 +148,36 @@ async def test_bad_input_is_a_clear_400(agent_url: str, body: object, fragment: 
     assert status == 200 and ok["text"] == DEMO_ANSWER
 
 
-async def test_huge_prompt_and_long_context_are_400_and_the_agent_keeps_serving(agent_url: str) -> None:
+async def test_a_body_over_max_body_is_413_like_the_router_and_the_agent_keeps_serving(agent_url: str) -> None:
+    """A 5 MB prompt is over the default max_body (1 MiB): 413 request_too_large, the router's shape."""
     status, err, _ = await _post(f"{agent_url}/infer", {"prompt": "x" * (5 * 1024 * 1024)})
-    assert status == 400
+    assert status == 413
+    assert err["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert err["error"]["code"] == "request_too_large"  # type: ignore[index]
     assert "max_body" in err["error"]["message"]  # type: ignore[index]
-    status, err, _ = await _post(f"{agent_url}/infer", {"prompt": "hello world " * 400})
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+        yield b'{"prompt": "'
+        for _ in range(40):
+            yield b"y" * 65536
+        yield b'"}'
+
+    status, err, _ = await _post(f"{agent_url}/v1/chat/completions", chunked())
+    assert status == 413 and err["error"]["code"] == "request_too_large"  # type: ignore[index]
+    status, body, _ = await _post(f"{agent_url}/infer", {"prompt": "Hi!", "temperature": 0})
+    assert status == 200 and body["text"] == DEMO_ANSWER
+
+
+async def test_a_5mb_prompt_within_max_body_is_a_400_over_the_context_window(
+        start_agent: Callable[..., Awaitable[LocalAgent]]) -> None:
+    agent = await start_agent(max_body=8 * 1024 * 1024)
+    status, err, _ = await _post(f"{agent.url}/infer", {"prompt": "hello world " * (5 * 1024 * 1024 // 12)})
     assert status == 400
     assert err["error"]["code"] == "context_length_exceeded"  # type: ignore[index]
     assert "context window" in err["error"]["message"]  # type: ignore[index]
-    status, body, _ = await _post(f"{agent_url}/infer", {"prompt": "Hi!", "temperature": 0})
+    status, err, _ = await _post(f"{agent.url}/infer", {"prompt": "hello world " * 400})
+    assert status == 400 and err["error"]["code"] == "context_length_exceeded"  # type: ignore[index]
+    status, body, _ = await _post(f"{agent.url}/infer", {"prompt": "Hi!", "temperature": 0})
     assert status == 200 and body["text"] == DEMO_ANSWER
 
 
