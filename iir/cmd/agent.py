@@ -24,6 +24,7 @@ from iir.cmd import CONTEXT_SETTINGS
 from iir.compile.registry import RegistryError
 from iir.errors import ConfigError
 from iir.policies.agents import AgentEntry, RedisAgentDirectory
+from iir.server.workers import StopSignals
 from iir.table import RoutingTable
 
 __all__ = ["agent", "agents", "commands", "run_demo"]
@@ -133,8 +134,20 @@ def run_demo(spec_file: str) -> None:
         _wait_http(f"{router_url}/healthz", procs[1], "the router", 120)
         click.echo(DEMO_BANNER.format(router=router_url, agent=agent_url))
         stopping: list[int] = []
+        signals = StopSignals()
+
+        def on_stop_signal(signum: int, _frame: object) -> None:
+            if signals.forces(signum):  # a second Ctrl-C while they drain: do not wait
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                click.echo("iir run-demo: second Ctrl-C: killed the agent and the router without waiting "
+                           "for their drain", err=True)
+                raise SystemExit(130)
+            stopping.append(signum)
+
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # Ctrl-C also reaches the children: exit quietly
-            signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+            signal.signal(sig, on_stop_signal)
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)
         if stopping:

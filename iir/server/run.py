@@ -26,6 +26,7 @@ from iir.policies.runtime import POLICIES
 from iir.server.app import create_app
 from iir.server.reload import sighup_reload
 from iir.server.state import TableState, build_and_persist
+from iir.server.workers import StopSignals
 from iir.table import RoutingTable
 
 __all__ = ["RunningServer", "announce", "serve_forever", "start"]
@@ -128,7 +129,11 @@ async def start(spec: str | Path, *, host: str | None = None, port: int | None =
 
 async def serve_forever(spec: str | Path, *, host: str | None, port: int | None, reuse_port: bool = False,
                         workers: int | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; reload on SIGHUP. Returns the exit status (0 after a drain)."""
+    """Serve until SIGTERM/SIGINT; reload on SIGHUP. Returns the exit status (0 after a drain).
+
+    The same stop signal again more than ``FORCE_AFTER`` (1 s) after the first (a second Ctrl-C)
+    exits 130 at once; an earlier repeat is one Ctrl-C delivered twice (process group + a
+    supervisor or ``run-demo`` forwarding it) and is ignored."""
     running = await start(spec, host=host, port=port, reuse_port=reuse_port, workers=workers)
     # The garbage collector was ~15% of a worker's CPU under load: every full collection walked
     # the tens of thousands of start-up objects (modules, spec, table), and the young generation
@@ -140,8 +145,18 @@ async def serve_forever(spec: str | Path, *, host: str | None, port: int | None,
     gc.set_threshold(7000, 10, 10)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    signals = StopSignals()
+
+    def on_stop_signal(signum: int) -> None:
+        if signals.forces(signum):  # a second Ctrl-C during the drain: stop now
+            log.warning("second %s during the drain: exiting now (in-flight requests are cut off)",
+                        signal.Signals(signum).name)
+            logging.shutdown()  # flush the (buffered) log lines; os._exit skips it
+            os._exit(130)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop_signal, sig)
     sighup_reload(running.state, running.tasks)
     await stop.wait()
     # the drain deadline is the one in force at start-up (aiohttp fixes it on the runner)

@@ -4,6 +4,11 @@ Each worker is ``iir serve --worker`` bound with SO_REUSEPORT (the kernel spread
 connections), loads the spec and reloads it on its own (watcher, SIGHUP). The parent
 forwards SIGTERM/SIGINT/SIGHUP to every worker, waits for their drain, and exits 0 when all
 exited cleanly. A worker that dies unexpectedly is restarted (at most once per second).
+
+A second Ctrl-C (the same stop signal again, more than :data:`FORCE_AFTER` seconds after the
+first) does not wait for the drain: the supervisor kills its workers and exits 130. A repeat
+within that window is the same Ctrl-C arriving twice (a worker gets it from the terminal's
+process group and forwarded by its parent) and is ignored, so it never skips a drain.
 """
 
 from __future__ import annotations
@@ -17,9 +22,28 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["supervise"]
+__all__ = ["FORCE_AFTER", "StopSignals", "supervise"]
 
 log = logging.getLogger("iir.workers")
+
+FORCE_AFTER = 1.0  # seconds: a repeat within this is one Ctrl-C delivered twice, not a second one
+
+
+class StopSignals:
+    """The stop signals a process received: the first one asks for a graceful drain; the same
+    signal again more than :data:`FORCE_AFTER` s later asks to stop now (a second Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.at = 0.0
+
+    def forces(self, signum: int) -> bool:
+        """Note ``signum``; True when it is a second Ctrl-C (or second SIGTERM) that forces exit."""
+        now = time.monotonic()
+        if self.first is None:
+            self.first, self.at = signum, now
+            return False
+        return signum == self.first and now - self.at > FORCE_AFTER
 
 
 def _spawn(spec: Path, host: str, port: int, index: int, workers: int) -> subprocess.Popen[bytes]:
@@ -31,14 +55,26 @@ def _spawn(spec: Path, host: str, port: int, index: int, workers: int) -> subpro
 
 def supervise(spec: Path, host: str, port: int, workers: int, drain_timeout: float,
               on_exit: Callable[[int], None] | None = None) -> int:
-    """Run ``workers`` processes until SIGTERM/SIGINT; returns the exit status."""
+    """Run ``workers`` processes until SIGTERM/SIGINT; returns the exit status (130 when a second
+    Ctrl-C cut the drain short)."""
     procs = [_spawn(spec, host, port, i, workers) for i in range(workers)]
     log.info("iir supervisor pid %d: %d workers on %s:%d (pids %s)", os.getpid(), workers, host, port,
              " ".join(str(p.pid) for p in procs))
     stopping: list[int] = []
+    signals = StopSignals()
+    forced: list[bool] = []
 
     def forward(signum: int, _frame: object) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
+            if signals.forces(signum):
+                if not forced:
+                    forced.append(True)
+                    log.warning("second %s during the drain: killing the workers now (in-flight requests "
+                                "are cut off)", signal.Signals(signum).name)
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                return
             stopping.append(signum)
         for p in procs:
             if p.poll() is None:
@@ -67,4 +103,4 @@ def supervise(spec: Path, host: str, port: int, workers: int, drain_timeout: flo
         status = status or (0 if rc in (0, -signal.SIGTERM, -signal.SIGINT) else 1)
         if on_exit is not None:
             on_exit(p.pid)
-    return status
+    return 130 if forced else status

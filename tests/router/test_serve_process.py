@@ -4,6 +4,7 @@ SIGHUP reloads; SIGTERM drains in-flight requests and exits 0."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.conftest import free_port
 
@@ -31,11 +33,13 @@ routes:
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def _spawn(spec: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+def _spawn(spec: Path, port: int, workers: int, *, group: bool = False) -> subprocess.Popen[bytes]:
+    """``group``: in its own process group (like a terminal's foreground job) for os.killpg."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IIR_")}
     return subprocess.Popen([sys.executable, "-m", "iir", "serve", "--spec", str(spec), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", str(workers)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=spec.parent)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=spec.parent,
+                            start_new_session=group)
 
 
 async def _ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 40) -> None:
@@ -155,6 +159,44 @@ async def test_sighup_reloads_and_sigterm_drains_in_flight(upstreams, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_second_ctrl_c_during_the_drain_exits_at_once(upstreams, tmp_path, workers):
+    """Ctrl-C goes to the terminal's whole process group: with --workers each worker gets it twice
+    within milliseconds (the group, and forwarded by the supervisor), which must not count as a
+    second Ctrl-C. The first starts the drain, held open by a request to an upstream that does not
+    answer (drain_timeout 60 s); a second Ctrl-C 1.5 s later exits 130 at once, without a traceback."""
+    a = await upstreams()
+    a.mode = "hang"
+    spec = tmp_path / "iir.yaml"
+    spec.write_text(SPEC.format(registry=tmp_path / "reg.db", a=a.url, b=a.url, target="a")
+                    .replace("drain_timeout: 10s", "drain_timeout: 60s"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _spawn(spec, port, workers, group=True)
+    pending = None
+    try:
+        await _ready(url, proc)
+        pending = asyncio.create_task(_fresh(url, "POST", "/v1/chat/completions", json=CHAT))
+        while not a.requests:
+            await asyncio.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        await asyncio.sleep(1.5)
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""  # still draining
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = await asyncio.to_thread(proc.wait, 20)  # well before the 60 s drain_timeout
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        assert rc == 130, out
+        assert "second SIGINT during the drain" in out and "Traceback" not in out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
 
 
 def test_workers_refuse_a_port_already_in_use(tmp_path):
