@@ -241,5 +241,9 @@ def explain_header(route: str, selection: Selection, limit: int = 6) -> str:
         if c.kept:
             parts.append(f"{c.backend.name}={c.score:.3g}" if c.score is not None else c.backend.name)
         else:
-            parts.append(f"{c.backend.name}!{c.reason.split(':', 1)[0]}")
+            # the filter's name ("healthy: ..."), or a pre-drop without its detail: "unconfigured (no API key)"
+            short = c.reason.split(":", 1)[0]
+            if short.count("(") > short.count(")"):
+                short += ")"
+            parts.append(f"{c.backend.name}!{short}")
     return f"{route}; {selection.strategy}; " + ", ".join(parts)

@@ -90,6 +90,18 @@ def test_context_window_and_capability_filters(table):
     assert not sel.kept and all("capability" in c.reason for c in sel.candidates)
 
 
+def test_explain_header_names_the_filter_or_the_pre_drop_without_its_detail(table):
+    route = table.routes[0]
+    names = [b.name for b in backends(table, route)]
+    sel = select(backends(table, route), SelectionRequest("auto", 20), "priority",
+                 dropped={names[0]: "unconfigured (no API key: EXTERNAL_OPENAI_KEY is not set)"})
+    header = explain_header(route.name, sel)
+    assert header.startswith(f"{route.name}; priority; ")
+    assert header.endswith(f"{names[0]}!unconfigured (no API key)")  # not cut mid-bracket at the detail's ':'
+    sel = select(backends(table, route), SelectionRequest("auto", needs=frozenset({"images"})), "priority")
+    assert all(f"{n}!capability" in explain_header(route.name, sel) for n in names)
+
+
 def test_least_loaded_prefers_shorter_queue(table):
     route = table.routes[0]
     health = HealthBoard()
