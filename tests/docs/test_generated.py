@@ -79,7 +79,8 @@ def test_agent_config_page_lists_every_setting(gen_docs: ModuleType) -> None:
         for name, field in model.model_fields.items():
             assert f"| `{name}` |" in page, f"{model.__name__}.{name}"
             assert field.description, f"{model.__name__}.{name} has no description"
-    assert "/work/" not in page and "/home/" not in page  # no machine paths (VllmSettings.python)
+    for machine_path in (str(ROOT), "/home/", "/root/"):  # no machine paths (VllmSettings.python)
+        assert machine_path not in page
 
 
 def test_environment_page_lists_every_variable_of_env_example(gen_docs: ModuleType) -> None:
