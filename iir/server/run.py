@@ -134,15 +134,6 @@ async def serve_forever(spec: str | Path, *, host: str | None, port: int | None,
     The same stop signal again more than ``FORCE_AFTER`` (1 s) after the first (a second Ctrl-C)
     exits 130 at once; an earlier repeat is one Ctrl-C delivered twice (process group + a
     supervisor or ``run-demo`` forwarding it) and is ignored."""
-    running = await start(spec, host=host, port=port, reuse_port=reuse_port, workers=workers)
-    # The garbage collector was ~15% of a worker's CPU under load: every full collection walked
-    # the tens of thousands of start-up objects (modules, spec, table), and the young generation
-    # filled every few requests. Start-up objects go to the permanent generation (never scanned
-    # again; a table replaced by a reload is still freed by reference counting), and the young
-    # generation is collected 10x less often (a bounded few MB of cyclic garbage).
-    # A/B under load (benchmarks/ab.py): -15% CPU per request, streaming and not.
-    gc.freeze()
-    gc.set_threshold(7000, 10, 10)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = StopSignals()
@@ -155,8 +146,19 @@ async def serve_forever(spec: str | Path, *, host: str | None, port: int | None,
             os._exit(130)
         stop.set()
 
+    # before start-up: a Ctrl-C while a worker is still starting (its siblings may already serve)
+    # is a stop request like any other, not asyncio's KeyboardInterrupt with a traceback
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop_signal, sig)
+    running = await start(spec, host=host, port=port, reuse_port=reuse_port, workers=workers)
+    # The garbage collector was ~15% of a worker's CPU under load: every full collection walked
+    # the tens of thousands of start-up objects (modules, spec, table), and the young generation
+    # filled every few requests. Start-up objects go to the permanent generation (never scanned
+    # again; a table replaced by a reload is still freed by reference counting), and the young
+    # generation is collected 10x less often (a bounded few MB of cyclic garbage).
+    # A/B under load (benchmarks/ab.py): -15% CPU per request, streaming and not.
+    gc.freeze()
+    gc.set_threshold(7000, 10, 10)
     sighup_reload(running.state, running.tasks)
     await stop.wait()
     # the drain deadline is the one in force at start-up (aiohttp fixes it on the runner)
